@@ -1,0 +1,3 @@
+from opstylegan.cli.main import main
+
+main()

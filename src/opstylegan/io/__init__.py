@@ -1,0 +1,1 @@
+"""Checkpoints (safetensors + JSON, never pickles) and atomic file writes."""

@@ -1,0 +1,1 @@
+"""Networks: mapping, synthesis, generator, discriminator."""
