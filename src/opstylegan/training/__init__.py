@@ -1,0 +1,1 @@
+"""Training: the loop, losses, ADA augmentation, generator EMA, data loading and distributed helpers."""
