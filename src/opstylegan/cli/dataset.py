@@ -1,0 +1,93 @@
+"""`opstylegan dataset`: turn a folder / zip of images or MNIST-style IDX files into a training set."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from opstylegan.data.build import DatasetError, build_dataset
+from opstylegan.data.idx import IDXError
+from opstylegan.data.images import ImageError
+
+EPILOG = """\b
+Examples:
+  opstylegan dataset ~/ffhq/images1024x1024 data/ffhq256 --resolution 256 --channels 3
+  opstylegan dataset celebahq.zip data/celebahq256 --resolution 256 --channels 3 --on-error fail
+  opstylegan dataset ~/fashion-mnist data/fmnist32 --resolution 32 --channels 1 --split train --fit pad
+  opstylegan dataset photos/ data/try --resolution 64 --channels 3 --max-images 1000 --overwrite
+"""
+
+_SHOW_SKIPPED = 20
+
+
+def _power_of_two(ctx: click.Context, param: click.Parameter, value: int) -> int:
+    if value & (value - 1):
+        raise click.BadParameter(f"{value} is not a power of two (16, 32, 64, ..., 1024)")
+    return value
+
+
+@click.command(name="dataset", epilog=EPILOG, context_settings={"show_default": True})
+@click.argument("source", type=click.Path(exists=True, path_type=Path))
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--resolution", type=click.IntRange(16, 1024), required=True, callback=_power_of_two,
+              help="Output size in pixels, a power of two.")
+@click.option("--channels", type=click.Choice(["1", "3"]), required=True,
+              help="1 = grayscale, 3 = RGB (alpha is composited on black).")
+@click.option("--split", type=click.Choice(["train", "test"]), default="train",
+              help="Which IDX files to use when SOURCE is a folder of MNIST-style files.")
+@click.option("--fit", type=click.Choice(["resize", "pad"]), default="resize",
+              help="resize: center-crop and Lanczos-resize; pad: center-crop, pad smaller images with black.")
+@click.option("--allow-upscale", is_flag=True,
+              help="With --fit resize, upscale images smaller than --resolution instead of skipping them.")
+@click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip",
+              help="skip: leave out unreadable / too-small images and list them; fail: stop at the first one.")
+@click.option("--max-images", type=click.IntRange(min=1), default=None, help="Stop after this many images.")
+@click.option("--overwrite", is_flag=True, help="Replace DEST if it exists and is not empty.")
+def command(
+    source: Path, dest: Path, resolution: int, channels: str, split: str, fit: str, allow_upscale: bool,
+    on_error: str, max_images: int | None, overwrite: bool,
+) -> None:
+    """Build a training dataset DEST (images.npy + dataset.json) from SOURCE.
+
+    SOURCE is a folder of images (searched recursively), a .zip of images, an IDX
+    '*-images-idx3-ubyte[.gz]' file, or a folder of MNIST-style IDX files. Images are center-cropped
+    to a square and resized; bad files are reported by name and skipped (or stop the build with
+    --on-error fail). DEST appears only when the build is complete.
+    """
+    bar: tqdm | None = None
+
+    def progress(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, unit="img", desc="dataset", dynamic_ncols=True)
+        bar.update(done - bar.n)
+
+    try:
+        report = build_dataset(
+            source, dest, resolution=resolution, channels=int(channels), on_error=on_error,  # type: ignore[arg-type]
+            max_images=max_images, split=split, fit=fit, allow_upscale=allow_upscale,  # type: ignore[arg-type]
+            overwrite=overwrite, progress=progress,
+        )
+    except ImageError as e:
+        raise click.ClickException(f"bad image {e.path}: {e.reason} (use --on-error skip to leave it out)") from None
+    except (DatasetError, IDXError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from None
+    finally:
+        if bar is not None:
+            bar.close()
+
+    click.echo(f"Wrote {report.count} images of {report.channels}x{report.resolution}x{report.resolution} "
+               f"to {report.dest} (source: {report.source_kind}, {report.num_candidates} candidates"
+               f"{', labels stored' if report.has_labels else ''}).")
+    if report.skipped:
+        click.echo(f"Skipped {report.num_skipped} file(s):")
+        for s in report.skipped[:_SHOW_SKIPPED]:
+            click.echo(f"  {s.name}: {s.reason}")
+        if report.num_skipped > _SHOW_SKIPPED:
+            reasons = Counter(s.reason.split(":")[0] for s in report.skipped)
+            summary = ", ".join(f"{n} x {r}" for r, n in reasons.most_common(5))
+            click.echo(f"  ... and {report.num_skipped - _SHOW_SKIPPED} more ({summary}); "
+                       f"all are listed in {report.dest / 'dataset.json'}")
