@@ -102,8 +102,9 @@ def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor | None = N
     p1 = padding + (fk - up) // 2 - (kw - up)
     go, i = w.shape[0], w.shape[1]
     o = go // groups
-    # [groups*O, I, k, k] -> [groups*I, O, k, k], the layout conv_transpose2d expects.
-    wt = w.reshape(groups, o, i, kw, kw).transpose(1, 2).reshape(groups * i, o, kw, kw)
+    # [groups*O, I, k, k] -> [groups*I, O, k, k], the layout conv_transpose2d expects. The spatial flip makes
+    # the transposed conv equal to zero-insertion followed by conv2d with `w` (the textbook definition).
+    wt = w.flip([2, 3]).reshape(groups, o, i, kw, kw).transpose(1, 2).reshape(groups * i, o, kw, kw)
     pt = max(min(-p0, -p1), 0)
     x = F.conv_transpose2d(x, wt, stride=up, padding=pt, groups=groups)
     return upfirdn2d(x, f, padding=(p0 + pt, p1 + pt, p0 + pt, p1 + pt), gain=up**2)
