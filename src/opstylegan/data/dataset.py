@@ -163,7 +163,7 @@ class ImageDataset(Dataset):
             img = self._images[raw]
         if self._xflip[idx]:
             img = img[:, :, ::-1]
-        return torch.from_numpy(np.ascontiguousarray(img))  # copies out of the read-only memmap
+        return torch.from_numpy(np.array(img, order="C"))  # always a copy: the memmap is read-only
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_images": None}
