@@ -18,15 +18,18 @@ from opstylegan.nn.modconv import modulated_conv2d
 from opstylegan.nn.resample import setup_filter, upsample2d
 
 
-def _row_styles(styles: torch.Tensor, out_channels: int) -> torch.Tensor:
-    """styles [B, r, I] -> [B, 1, I] (vector) or the first N_O rows [B, N_O, I] (matrix)."""
-    r = styles.shape[1]
+def _used_rows(w: torch.Tensor, out_channels: int) -> torch.Tensor:
+    """w [B, r, C] -> [B, 1, C] (a vector) or the first N_O rows [B, N_O, C] (a matrix; extra rows unused).
+
+    Slicing before the affine map means a 3-channel ToRGB maps 3 rows, not R.
+    """
+    r = w.shape[1]
     if r == 1:
-        return styles
+        return w
     if r < out_channels:
         raise ValueError(f"a latent with {r} rows cannot modulate a layer with {out_channels} output channels; "
                          f"the model needs at least {out_channels} rows")
-    return styles[:, :out_channels]
+    return w[:, :out_channels]
 
 
 class SynthesisLayer(nn.Module):
@@ -42,7 +45,7 @@ class SynthesisLayer(nn.Module):
         self.register_buffer("resample_filter", setup_filter(), persistent=False)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, *, fused: bool | None = None) -> torch.Tensor:
-        styles = _row_styles(self.affine(w), self.out_channels)  # [B, 1 | N_O, I]
+        styles = self.affine(_used_rows(w, self.out_channels))  # [B, 1 | N_O, I]
         x = modulated_conv2d(x, self.weight, styles, up=self.up, padding=1,
                              resample_filter=self.resample_filter, fused=fused)
         return bias_act(x, self.bias, act="lrelu", clamp=self.conv_clamp)
@@ -60,7 +63,7 @@ class ToRGBLayer(nn.Module):
         self.weight_gain = 1 / math.sqrt(in_channels)
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, *, fused: bool | None = None) -> torch.Tensor:
-        styles = _row_styles(self.affine(w) * self.weight_gain, self.out_channels)
+        styles = self.affine(_used_rows(w, self.out_channels)) * self.weight_gain  # [B, 1 | C_img, I]
         x = modulated_conv2d(x, self.weight, styles, demodulate=False, fused=fused)
         return bias_act(x, self.bias, clamp=self.conv_clamp)
 
