@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import click
+import numpy as np
 import torch
 
 from opstylegan.cli.common import SeedList, device_option, load_generator, resolve_device, write_json
@@ -37,7 +37,7 @@ def command(model, init_preset, overparam, resolution, channels, init_seed, seed
             batch, device):
     """Sample images from a generator, one PNG per seed named seedNNNN.png."""
     from opstylegan.config import preset
-    from opstylegan.io.images import save_grid, save_image, to_uint8
+    from opstylegan.data.images import from_tensor, save_grid, save_image
     from opstylegan.models.generator import Generator
 
     if (model is None) == (init_preset is None):
@@ -57,14 +57,14 @@ def command(model, init_preset, overparam, resolution, channels, init_seed, seed
     with torch.no_grad(), click.progressbar(length=len(seeds), label="generating", file=None) as bar:
         for i in range(0, len(seeds), batch):
             chunk = seeds[i:i + batch]
-            img = to_uint8(G(G.z_from_seeds(chunk), truncation_psi=truncation_psi))  # [b, H, W, C] uint8
+            img = from_tensor(G(G.z_from_seeds(chunk), truncation_psi=truncation_psi))  # [b, H, W, C] uint8
             for seed, im in zip(chunk, img):
                 save_image(out / f"seed{seed:04d}.png", im)
                 if grid:
                     images.append(im)
             bar.update(len(chunk))
     if grid:
-        save_grid(out / "grid.png", images, cols=min(len(images), max(1, math.ceil(math.sqrt(len(images))))))
+        save_grid(out / "grid.png", np.stack(images))
     write_json(out / "generate.json", {"model": source, "fingerprint": G.fingerprint(), "seeds": seeds,
                                        "truncation_psi": truncation_psi, "space": G.native_space,
                                        "config": G.cfg.to_dict()})

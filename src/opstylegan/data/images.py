@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Union
@@ -22,6 +21,8 @@ from typing import Union
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+from opstylegan.io.atomic import atomic_path
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -214,15 +215,8 @@ def save_image(path: PathLike, img: np.ndarray) -> None:
     if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] in (3, 4))):
         raise ValueError(f"save_image expects [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got {img.shape}")
     pil = Image.fromarray(np.ascontiguousarray(img))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            pil.save(f, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        pil.save(tmp, format=fmt)
 
 
 def to_tensor(images: np.ndarray | torch.Tensor) -> torch.Tensor:
