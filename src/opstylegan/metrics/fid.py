@@ -247,6 +247,19 @@ def _sqrt_psd(s: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # V diag(sqrt(w)) V^T
 
 
+def _trace_sqrt_product_low_rank(feats1: np.ndarray, feats2: np.ndarray) -> float:
+    """``tr((S1 S2)^1/2)`` for the sample covariances of ``feats1`` [n1, D] and ``feats2`` [n2, D].
+
+    With centred ``X1``, ``X2`` and ``S_i = X_i^T X_i / (n_i - 1)``, the non-zero eigenvalues of ``S1 S2`` are those
+    of ``X1 X2^T X2 X1^T / c`` (``c = (n1 - 1)(n2 - 1)``), i.e. the squared singular values of ``X1 X2^T`` over
+    ``c``; so the trace is ``sum(svd(X1 X2^T)) / sqrt(c)``: O(n^2 D) instead of O(D^3).
+    """
+    x1 = feats1.astype(np.float64) - feats1.mean(axis=0, dtype=np.float64)
+    x2 = feats2.astype(np.float64) - feats2.mean(axis=0, dtype=np.float64)
+    c = (len(x1) - 1) * (len(x2) - 1)
+    return float(np.linalg.svd(x1 @ x2.T, compute_uv=False).sum() / np.sqrt(c))
+
+
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """Fréchet distance between Gaussians N(mu1, sigma1) and N(mu2, sigma2) (see the module docstring).
 
@@ -343,7 +356,9 @@ def fid_from_stats(real: FeatureStats, fake: FeatureStats) -> FIDResult:
         ValueError: Fewer than 2 images in a set, or statistics of different feature networks.
 
     Warns when a set has fewer images than feature dimensions: the covariance is then rank deficient and FID
-    strongly biased upward (stylegan2-ada reports FID on 50k images).
+    strongly biased upward (stylegan2-ada reports FID on 50k images). In that case, when both statistics hold
+    their features, the trace term is computed exactly in the small sample space instead of with D x D
+    eigendecompositions (see :func:`_trace_sqrt_product_low_rank`); the value is the same.
     """
     _check_pair(real, fake)
     for name, s in (("real", real), ("fake", fake)):
@@ -353,7 +368,13 @@ def fid_from_stats(real: FeatureStats, fake: FeatureStats) -> FIDResult:
             warnings.warn(f"FID on {s.num_items} {name} images < {s.feature_dim} feature dimensions: the "
                           "covariance is rank deficient and the value is biased; use >= 10000 images "
                           "(50000 as in the paper) for reportable figures", stacklevel=2)
-    value = frechet_distance(real.mean, real.cov, fake.mean, fake.cov)
+    if real.features is not None and fake.features is not None and \
+            real.num_items + fake.num_items <= real.feature_dim:
+        mu1, mu2 = real.mean, fake.mean
+        value = float(np.square(mu1 - mu2).sum() + np.trace(real.cov) + np.trace(fake.cov)
+                      - 2 * _trace_sqrt_product_low_rank(real.features, fake.features))
+    else:
+        value = frechet_distance(real.mean, real.cov, fake.mean, fake.cov)
     return FIDResult(value, real.num_items, fake.num_items, real.feature_net, real.feature_net_sha256)
 
 

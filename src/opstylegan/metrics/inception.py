@@ -16,6 +16,7 @@ Input pipeline, exactly as stylegan2-ada's detector does it:
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -60,7 +61,9 @@ class InceptionFeatures(nn.Module):
         self.name = INCEPTION_NAME
         self.sha256 = sha
         self._includes_resize = includes_resize
-        self.net = torch.jit.load(str(path), map_location="cpu")  # sha256 verified above
+        with warnings.catch_warnings():  # torch >= 2.9 deprecates TorchScript loading; the file is TorchScript
+            warnings.simplefilter("ignore", DeprecationWarning)
+            self.net = torch.jit.load(str(path), map_location="cpu")  # sha256 verified above
         self.net.eval()
         self.requires_grad_(False)
 

@@ -135,7 +135,7 @@ class LPIPS(nn.Module):
     def distance_from_features(self, f0: Sequence[torch.Tensor], f1: Sequence[torch.Tensor]) -> torch.Tensor:
         """Distances ``[N]`` between two outputs of :meth:`features` (broadcasting over the batch)."""
         total = None
-        for lin, a, b in zip(self.lins, f0, f1):
+        for lin, a, b in zip(self.lins, f0, f1, strict=True):
             d = lin((a - b).square()).mean(dim=(1, 2, 3))  # [N, 1, h, w] -> [N]
             total = d if total is None else total + d
         assert total is not None
