@@ -282,14 +282,15 @@ class AugmentPipe(nn.Module):
         self.register_buffer("hz_geom", setup_filter(_SYM6), persistent=False)
 
     def extra_repr(self) -> str:
-        active = [f.name for f in fields(self.spec)[:12] if getattr(self.spec, f.name) > 0]
+        active = [name for name in _BLIT + _GEOM + _COLOR if getattr(self.spec, name) > 0]
         return f"p={float(self.p):.4f}, augmentations={active}"
 
     def forward(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Augment `images` [B, C, H, W]; returns a new tensor of the same shape, dtype and device.
+        """Augment `images` [B, C, H, W]; same shape, dtype and device (the input itself when p = 0).
 
         `generator` must be a CPU `torch.Generator` (the parameters are drawn on the CPU, so that a
-        seed gives the same augmentations on every device); None uses the global CPU RNG.
+        seed gives the same augmentations on every device); None uses the global CPU RNG. Reading `p`
+        is the only host-device synchronisation. The draws depend on the batch size, as in stylegan2-ada.
         """
         if not isinstance(images, torch.Tensor) or images.ndim != 4:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
