@@ -277,8 +277,10 @@ class Trainer:
     def _loader(self) -> DataLoader:
         sampler = InfiniteSampler(self.dataset, rank=self.info.rank, world_size=self.info.world_size,
                                   seed=self.cfg.seed, start_index=self.cur_nimg)
+        # Its own generator: creating the iterator would otherwise draw from the global torch RNG.
+        base_seed = torch.Generator().manual_seed(rank_seed(self.cfg.seed + 2, self.info.rank))
         return DataLoader(self.dataset, sampler=sampler, batch_size=self.batch_gpu, num_workers=self.cfg.workers,
-                          pin_memory=self.device.type == "cuda", persistent_workers=False,
+                          pin_memory=self.device.type == "cuda", generator=base_seed,
                           prefetch_factor=2 if self.cfg.workers > 0 else None)
 
     def run(self, run_dir: str | os.PathLike[str] | None = None, *, progress: ProgressFn | None = None,
