@@ -1,0 +1,142 @@
+"""`opstylegan invert`: invert image files into w, w+, W or W+ (the paper's projector), batched, shardable."""
+
+from __future__ import annotations
+
+import time
+
+import click
+
+from opstylegan.cli.common import device_option, resolve_device
+
+EXAMPLES = """
+\b
+Examples:
+  opstylegan invert --model runs/ffhq/best --images photos/ --space W --outdir out/inv
+  opstylegan invert --model M --images a.png --images b.jpg --space w+,W,W+ --steps 1000 --batch 16 --outdir out
+  opstylegan invert --model M --images photos/ --space W --init random --reg-strength 1 --reg-until 0 --outdir fig11
+  torchrun --nproc_per_node 4 -m opstylegan invert --model M --images photos/ --space W --outdir out
+\b
+Images of any mode and size are accepted: converted to the model's channels (alpha composited on black),
+center-cropped to a square and resized to the model resolution (Lanczos; small images are upscaled).
+"""
+
+AUTOCAST = {"none": None, "fp16": "float16", "bf16": "bfloat16"}
+
+
+def parse_spaces(value: str) -> list[str]:
+    """'w+,W' -> ['w+', 'W']; unknown names raise ValueError listing the valid ones."""
+    from opstylegan.latent import SPACES
+
+    spaces = [s.strip() for s in value.split(",") if s.strip()]
+    if not spaces:
+        raise ValueError(f"no latent space given; choose from {list(SPACES)}, e.g. 'W' or 'w+,W,W+'")
+    bad = [s for s in spaces if s not in SPACES]
+    if bad:
+        raise ValueError(f"unknown latent space(s) {bad}; choose from {list(SPACES)} (comma-separated)")
+    return list(dict.fromkeys(spaces))
+
+
+def _spaces_callback(ctx: click.Context, param: click.Parameter, value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    try:
+        return parse_spaces(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), ctx=ctx, param=param) from None
+
+
+@click.command(name="invert", epilog=EXAMPLES)
+@click.option("--model", type=click.Path(exists=True), required=True, help="Model folder (config.json + weights).")
+@click.option("--images", multiple=True, required=True, type=click.Path(exists=True),
+              help="An image file, folder (recursive) or .zip; repeat for more.")
+@click.option("--space", "--space-list", "spaces", callback=_spaces_callback, default=None, metavar="SPACES",
+              help="Latent space(s), comma-separated: w, w+ (any model), W, W+ (overparam). "
+                   "[default: W for overparam models, w+ for the baseline]")
+@click.option("--outdir", type=click.Path(file_okay=False), required=True, help="Run folder to write.")
+@click.option("--steps", type=click.IntRange(1), default=1000, help="Optimisation steps.")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.05, help="Adam learning rate.")
+@click.option("--beta1", type=click.FloatRange(0, 1, max_open=True), default=0.9, help="Adam beta1.")
+@click.option("--beta2", type=click.FloatRange(0, 1, max_open=True), default=0.999, help="Adam beta2.")
+@click.option("--loss", type=click.Choice(["lpips", "mse"]), default="lpips", help="Loss (LPIPS is VGG16).")
+@click.option("--mse-weight", type=click.FloatRange(0), default=0.0, help="Extra pixel-MSE weight (with lpips).")
+@click.option("--init", "init", type=click.Choice(["w_avg", "random"]), default="w_avg",
+              help="Start at w_avg, or at a mapped random z (seeded; fig. 11).")
+@click.option("--reg-strength", type=click.FloatRange(0, 1), default=0.9,
+              help="Pull x <- w_avg + s (x - w_avg) before each step; 1 = off.")
+@click.option("--reg-until", type=click.FloatRange(0, 1), default=0.5,
+              help="Fraction of the steps with the pull (0 = never, 1 = throughout).")
+@click.option("--seed", type=click.IntRange(0), default=0, help="Seed of image i's random init is seed + i.")
+@click.option("--batch", type=click.IntRange(1), default=16, help="Images optimised (and written) at a time.")
+@click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip",
+              help="Unreadable images: report and skip them, or refuse the run before any work.")
+@click.option("--autocast", type=click.Choice(list(AUTOCAST)), default="none", help="Mixed precision.")
+@device_option
+def command(model, images, spaces, outdir, steps, lr, beta1, beta2, loss, mse_weight, init, reg_strength,
+            reg_until, seed, batch, on_error, autocast, device):
+    """Invert images into a latent space with the paper's projector (Adam on LPIPS, init at w_avg)."""
+    import torch
+    from tqdm import tqdm
+
+    from opstylegan.cli.common import load_generator
+    from opstylegan.inversion.projector import InversionOptions
+    from opstylegan.inversion.runs import InputError, collect_images, dist_info, invert_images
+    from opstylegan.latent import LatentError, check_space
+
+    rank, world_size, local_rank = dist_info()
+    dev = resolve_device(device)
+    if world_size > 1 and dev.type == "cuda":
+        dev = torch.device("cuda", local_rank)
+    try:
+        options = InversionOptions(steps=steps, lr=lr, betas=(beta1, beta2), loss=loss, mse_weight=mse_weight,
+                                   init=init, reg_strength=reg_strength, reg_until=reg_until, seed=seed,
+                                   autocast=None if AUTOCAST[autocast] is None else getattr(torch, AUTOCAST[autocast]))
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    G = load_generator(model, dev)
+    spaces = spaces or (["W"] if G.overparam else ["w+"])
+    try:
+        for s in spaces:
+            check_space(s, overparam=G.overparam)
+        items = collect_images(images)
+    except (LatentError, ValueError, FileNotFoundError) as e:
+        raise click.UsageError(str(e)) from None
+
+    barrier = None
+    if world_size > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        barrier = dist.barrier
+    n_mine = len(items[rank::world_size])
+    total = -(-n_mine // batch) * len(spaces) * steps
+    bar = tqdm(total=total, desc="inverting", unit="step", disable=rank != 0, dynamic_ncols=True)
+    last = [0.0]
+
+    def progress(space, p):
+        bar.update(1)
+        now = time.monotonic()
+        if now - last[0] > 0.5 or p.step == p.steps:
+            last[0] = now
+            bar.set_description(f"inverting {space}", refresh=False)
+            bar.set_postfix_str(f"median LPIPS {float(p.lpips.median()):.4f}")
+
+    def on_skip(name, reason):
+        bar.clear()
+        click.echo(f"skipped {reason}", err=True)
+
+    try:
+        summary = invert_images(G, items, spaces, outdir, options, batch=batch, on_error=on_error, rank=rank,
+                                world_size=world_size, barrier=barrier, model_source=str(model), progress=progress,
+                                on_skip=on_skip)
+    except InputError as e:
+        raise click.ClickException(f"{e} (use --on-error skip to leave it out)") from None
+    finally:
+        bar.close()
+    if summary is None:
+        return
+    if summary["inverted"] == 0:
+        raise click.ClickException(f"none of the {len(items)} image(s) could be read; nothing was inverted")
+    medians = ", ".join(f"{s} {r['lpips']['median']:.4f}" for s, r in summary["results"].items())
+    skipped = f", skipped {len(summary['skipped'])}" if summary["skipped"] else ""
+    click.echo(f"inverted {summary['inverted']} image(s){skipped}; median LPIPS: {medians}; wrote {outdir}")
