@@ -127,7 +127,7 @@ def test_bad_inputs(nets: dict[str, LPIPS], cache: Path) -> None:
 def test_cache_is_used_without_the_package(nets: dict[str, LPIPS], cache: Path, tmp_path: Path) -> None:
     assert (cache / "lpips_vgg_v0.1.safetensors").is_file()
     again = LPIPS("vgg", cache_dir=cache, search_path=[tmp_path])  # package "missing", cache present
-    for a, b in zip(again.state_dict().values(), nets["vgg"].state_dict().values()):
+    for a, b in zip(again.state_dict().values(), nets["vgg"].state_dict().values(), strict=True):
         assert torch.equal(a, b)
 
 

