@@ -57,14 +57,14 @@ def test_reference_images(nets: dict[str, LPIPS], net: str) -> None:
 
 @pytest.mark.parametrize("net", ["alex", "vgg"])
 def test_identity_symmetry_batching(nets: dict[str, LPIPS], net: str) -> None:
-    x, y = _images(3, 32), _images(3, 32, seed=1)
+    x, y = _images(2, 32), _images(2, 32, seed=1)
     lp = nets[net]
     with torch.no_grad():
         dxy, dyx, dxx = lp(x, y), lp(y, x), lp(x, x)
-        single = torch.cat([lp(x[i:i + 1], y[i:i + 1]) for i in range(3)])
+        single = torch.cat([lp(x[i:i + 1], y[i:i + 1]) for i in range(2)])
         broadcast = lp(x, y[:1])
-    assert dxy.shape == (3,)
-    assert torch.equal(dxx, torch.zeros(3))
+    assert dxy.shape == (2,)
+    assert torch.equal(dxx, torch.zeros(2))
     assert (dxy > 0.01).all()
     torch.testing.assert_close(dxy, dyx, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(dxy, single, rtol=1e-4, atol=1e-6)
