@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import tiny
+
 from opstylegan import Generator
 from opstylegan.inversion import (
     LatentFileError,
