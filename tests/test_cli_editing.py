@@ -1,0 +1,196 @@
+"""End-to-end runs of `opstylegan interpolate` and `opstylegan edit` on tiny saved models (CPU)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import tiny
+from PIL import Image
+
+from opstylegan.cli import interpolate as cli_interpolate
+from opstylegan.cli.main import cli
+from opstylegan.data.images import from_tensor, save_image
+from opstylegan.editing import interpolate as interp_mod
+from opstylegan.inversion.latents_io import load_latent, save_latent
+from opstylegan.models.generator import Generator
+
+
+def _model(root, name, overparam, seed):
+    torch.manual_seed(seed)
+    G = Generator(tiny(overparam=overparam)).eval()
+    G.save_pretrained(root / name)
+    return G
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("editing")
+    G = _model(root, "over", True, 0)
+    other = _model(root, "other", True, 1)
+    fp = G.fingerprint()
+    W = G.mapping(G.z_from_seeds([0, 1, 2, 3])).detach()
+    lat = root / "lat"
+    for i in range(4):
+        save_latent(lat / f"img{i}.safetensors", W[i], space="W", fingerprint=fp)
+    save_latent(root / "wplus.safetensors", W[0, 0].expand(G.num_ws, -1).clone(), space="w+", fingerprint=fp)
+    save_latent(root / "foreign.safetensors", other.mapping(other.z_from_seeds([0])).detach()[0], space="W",
+                fingerprint=other.fingerprint())
+    with torch.no_grad():
+        real = from_tensor(G(G.z_from_seeds(range(50, 56))))  # [6, 32, 32, 1]
+    for i, im in enumerate(real):
+        save_image(root / "real" / f"r{i}.png", im)
+    return {"root": root, "G": G, "W": W, "model": str(root / "over"), "lat": lat}
+
+
+def run(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return result
+
+
+def test_interpolate_default_subcommand_writes_strips_gifs_and_midpoints(world, tmp_path):
+    lat = world["lat"]
+    out = tmp_path / "out"
+    r = run("interpolate", "--model", world["model"], "--latents", lat / "img0.safetensors", lat / "img1.safetensors",
+            lat / "img2.safetensors", "--all-pairs", "--steps", 4, "--gif", "--outdir", out, "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    info = json.loads((out / "interpolate.json").read_text())
+    assert info["space"] == "W" and info["names"] == ["img0", "img1", "img2"] and len(info["pairs"]) == 3
+    assert [p["index"] for p in info["pairs"]] == [[0, 1], [0, 2], [1, 2]]
+    with Image.open(out / "strips" / "pair0000-0002.png") as im:
+        strip = np.asarray(im)
+    assert strip.shape == (32, 4 * 32)
+    G = world["G"]
+    with torch.no_grad():
+        ends = from_tensor(G.synthesis(world["W"][[0, 2]]))[..., 0]  # [2, 32, 32]
+    assert np.abs(strip[:, :32].astype(int) - ends[0]).max() <= 1  # first frame is image 0
+    assert np.abs(strip[:, -32:].astype(int) - ends[1]).max() <= 1  # last frame is image 2
+    with Image.open(out / "animations" / "pair0001-0002.gif") as im:
+        assert im.n_frames == 4
+    with Image.open(out / "midpoints_000.png") as im:
+        assert im.size == (2 * 32, 2 * 32)  # 3 midpoints on a 2x2 grid
+    # Consecutive pairs through the explicit subcommand, latents from a folder.
+    r = run("interpolate", "paths", "--model", world["model"], "--latents", lat, "--steps", 3, "--no-strips",
+            "--outdir", tmp_path / "c")
+    assert r.exit_code == 0, r.output
+    assert [p["index"] for p in json.loads((tmp_path / "c" / "interpolate.json").read_text())["pairs"]] == \
+        [[0, 1], [1, 2], [2, 3]]
+    assert not (tmp_path / "c" / "strips").exists()
+
+
+def test_interpolate_refuses_mismatched_latents(world, tmp_path):
+    lat, root = world["lat"], world["root"]
+    r = run("interpolate", "--model", world["model"], "--latents", lat / "img0.safetensors",
+            root / "wplus.safetensors", "--outdir", tmp_path)
+    assert r.exit_code != 0
+    assert "different spaces" in r.output and "img0.safetensors" in r.output and "wplus.safetensors" in r.output
+    r = run("interpolate", "--model", world["model"], "--latents", lat / "img0.safetensors",
+            root / "foreign.safetensors", "--outdir", tmp_path)
+    assert r.exit_code != 0 and "different models" in r.output and "foreign.safetensors" in r.output
+    r = run("interpolate", "--model", str(root / "other"), "--latents", lat / "img0.safetensors",
+            lat / "img1.safetensors", "--outdir", tmp_path)
+    assert r.exit_code != 0 and "another model" in r.output
+    r = run("interpolate", "--model", world["model"], "--latents", lat / "img0.safetensors", "--outdir", tmp_path)
+    assert r.exit_code != 0 and "at least 2 latents" in r.output
+
+
+def test_interpolate_mp4_without_backend_is_a_clear_error(world, tmp_path, monkeypatch):
+    monkeypatch.setattr(interp_mod, "mp4_available", lambda: False)
+    r = run("interpolate", "--model", world["model"], "--latents", world["lat"], "--mp4", "--outdir", tmp_path)
+    assert r.exit_code == 2 and "imageio-ffmpeg" in r.output
+
+
+class PixelFeatures:
+    name = "pixel-projection"
+    sha256 = "1" * 64
+
+    def __init__(self) -> None:
+        self.proj = torch.randn(32 * 32, 8, generator=torch.Generator().manual_seed(0))
+
+    def __call__(self, images):
+        return (images.float().flatten(1) / 255) @ self.proj
+
+    def to(self, device):
+        return self
+
+
+def test_interpolate_metrics_json(world, tmp_path, monkeypatch):
+    # Inception on CPU takes about a second per image; the command's logic is tested with a small detector.
+    monkeypatch.setattr(cli_interpolate, "_detector", lambda device: PixelFeatures())
+    out = tmp_path / "m"
+    r = run("interpolate", "metrics", "--model", world["model"], "--latents", world["lat"], "--reference",
+            world["root"] / "real", "--max-pairs", 4, "--segments", 5, "--no-cache", "--batch", 3, "--outdir", out)
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "editability.json").read_text())
+    assert m["num_pairs"] == 4 and m["num_latents"] == 4 and m["num_reference"] == 6 and m["space"] == "W"
+    assert math.isfinite(m["fid"]) and math.isfinite(m["ppl"]) and m["ppl"] > 0
+    assert len(m["path_lengths"]) == 4 and m["feature_net"] == "pixel-projection"
+    np.testing.assert_allclose(np.mean(m["path_lengths"]), m["ppl"], rtol=1e-9)
+
+
+def test_interpolate_injectivity(world, tmp_path):
+    out = tmp_path / "inj"
+    r = run("interpolate", "injectivity", "--model", world["model"], "--target", world["root"] / "real" / "r0.png",
+            "--steps", 1, "--points", 3, "--seed", 5, "--outdir", out)
+    assert r.exit_code == 0, r.output
+    s = json.loads((out / "injectivity.json").read_text())
+    assert s["space"] == "W" and s["num_points"] == 3 and s["per_target"][0]["seeds"] == [5, 6]
+    assert len(s["per_target"][0]["lpips_to_target"]) == 3
+    a = load_latent(out / "target000_a.safetensors", world["G"])
+    assert a.space == "W" and a.metadata["init"] == "random"
+    with Image.open(out / "target000_path.png") as im:
+        assert im.size == (4 * 32, 32)  # target + 3 path images
+
+
+def test_edit_fit_apply_grid(world, tmp_path):
+    model, G = world["model"], world["G"]
+    gs_dir = tmp_path / "gs"
+    r = run("edit", "fit", "--model", model, "--samples", 256, "--components", 4, "--outdir", gs_dir)
+    assert r.exit_code == 0, r.output
+    info = json.loads((gs_dir / "ganspace.json").read_text())
+    assert info["num_components"] == 4 and info["rows_per_matrix"] == G.rows and info["num_samples"] == 256
+    assert info["fingerprint"] == G.fingerprint() and len(info["explained_variance_ratio"]) == 4
+    comps = gs_dir / "ganspace.safetensors"
+
+    r = run("edit", "apply", "--model", model, "--components", comps, "--latent", world["lat"] / "img1.safetensors",
+            "--component", 2, "--sigma", "-3..3", "--steps", 3, "--layers", "0-2", "--outdir", tmp_path / "a")
+    assert r.exit_code == 0, r.output
+    e = json.loads((tmp_path / "a" / "edit.json").read_text())
+    assert e["sigmas"] == [-3.0, 0.0, 3.0] and e["items"][0]["edited_space"] == "W+" and e["layers"] == [0, 2]
+    with Image.open(tmp_path / "a" / "img1_c02.png") as im:
+        strip = np.asarray(im)
+    with torch.no_grad():
+        orig = from_tensor(G.synthesis(world["W"][1:2]))[0, :, :, 0]
+    assert strip.shape == (32, 96)
+    assert np.abs(strip[:, 32:64].astype(int) - orig).max() <= 1  # sigma 0: the unedited image
+    assert np.abs(strip[:, :32].astype(int) - orig).max() > 5  # sigma -3 changes it
+
+    r = run("edit", "apply", "--model", model, "--components", comps, "--seeds", "0-1", "--component", 0,
+            "--sigma", "1", "--outdir", tmp_path / "s")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "s").glob("*.png")) == ["seed0000_c00.png", "seed0001_c00.png"]
+
+    r = run("edit", "grid", "--model", model, "--components", comps, "--seeds", "3", "--top", 3, "--sigma", "-2..2",
+            "--steps", 3, "--outdir", tmp_path / "g")
+    assert r.exit_code == 0, r.output
+    with Image.open(tmp_path / "g" / "seed0003.png") as im:
+        assert im.size == (3 * 32, 3 * 32)
+
+    # User mistakes.
+    r = run("edit", "apply", "--model", model, "--components", comps, "--seeds", "0", "--latent",
+            world["lat"] / "img0.safetensors", "--component", 0, "--outdir", tmp_path / "x")
+    assert r.exit_code == 2 and "exactly one of --latent" in r.output
+    r = run("edit", "apply", "--model", str(world["root"] / "other"), "--components", comps, "--seeds", "0",
+            "--component", 0, "--outdir", tmp_path / "x")
+    assert r.exit_code == 1 and "another model" in r.output
+    r = run("edit", "apply", "--model", model, "--components", comps, "--seeds", "0", "--component", 4,
+            "--outdir", tmp_path / "x")
+    assert r.exit_code == 2 and "holds 4 components" in r.output
+    r = run("edit", "apply", "--model", model, "--components", comps, "--seeds", "0", "--component", 0,
+            "--sigma", "3..-3", "--outdir", tmp_path / "x")
+    assert r.exit_code == 2 and "below the start" in r.output
+    r = run("edit", "apply", "--model", model, "--components", comps, "--seeds", "0", "--component", 0,
+            "--layers", "5-40", "--outdir", tmp_path / "x")
+    assert r.exit_code == 2 and f"[0, {G.num_ws - 1}]" in r.output
