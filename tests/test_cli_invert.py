@@ -117,3 +117,23 @@ def test_upsample(setup):
     r = run("upsample", "--model", root / "op", "--images", root / "imgs" / "a.png", "--factor", 4, "--lowres",
             "--steps", 1, "--on-error", "fail", "--outdir", root / "pulse2")
     assert r.exit_code != 0 and "must be 8x8" in r.output
+
+
+def test_two_ranks_write_disjoint_shards_and_rank0_merges(setup):
+    from opstylegan.inversion.projector import InversionOptions
+    from opstylegan.inversion.runs import collect_images, invert_images
+
+    root, G = setup
+    out = root / "ranks"
+    items = collect_images([root / "imgs" / "a.png", root / "imgs" / "c.jpg", root / "imgs" / "sub"])
+    opts = InversionOptions(steps=2)
+    assert invert_images(G, items, ["W"], out, opts, rank=1, world_size=2) is None  # c.jpg only
+    assert sorted(p.name for p in (out / "W-matrix").glob("*.safetensors")) == ["c.safetensors"]
+    called = []
+    s = invert_images(G, items, ["W"], out, opts, rank=0, world_size=2, barrier=lambda: called.append(1))
+    assert called == [1] and s["world_size"] == 2 and s["inverted"] == 3
+    assert list(s["results"]["W"]["per_image"]) == [it.name for it in items]  # global order, not rank order
+    assert json.loads((out / "summary.json").read_text())["results"]["W"]["images"] == 3
+    (out / "partial" / "rank1.json").unlink()
+    with pytest.raises(RuntimeError, match="rank 1 wrote no results"):
+        invert_images(G, items, ["W"], out, opts, rank=0, world_size=2)
