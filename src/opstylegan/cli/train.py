@@ -156,6 +156,9 @@ class _ConsoleUI:
             for skipped in data["skipped"]:
                 self.log(f"WARNING: skipped an unreadable state: {skipped}")
             self.log(f"resuming from {data['state']} (kimg {data['cur_nimg'] / 1000:.3f})")
+            if not data["exact"]:
+                self.log(f"WARNING: the state was saved by {data['saved_world_size']} process(es); continuing with "
+                         f"fresh per-rank random streams, so this resume is not bit-exact")
         elif event == "tick":
             loss = " ".join(f"{k} {v:.4f}" for k, v in data["loss"].items() if v is not None)
             mem = f"gpumem {data['gpu_peak_mem_gb']:.2f} GB" if "gpu_peak_mem_gb" in data else \

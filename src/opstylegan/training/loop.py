@@ -451,7 +451,9 @@ def train(cfg: TrainConfig | None = None, *, outdir: str | os.PathLike[str] | No
         if info.is_main:
             _trim_stats(run_dir, trainer.cur_nimg)
             S.remove_stale_temporaries(run_dir)
-        resume_info = {"state": str(latest.path), "cur_nimg": trainer.cur_nimg, "skipped": latest.skipped}
+        resume_info = {"state": str(latest.path), "cur_nimg": trainer.cur_nimg, "skipped": latest.skipped,
+                       "exact": latest.state["world_size"] == info.world_size,
+                       "saved_world_size": latest.state["world_size"]}
     else:
         if cfg is None or outdir is None:
             raise ValueError("train: give cfg and outdir for a new run, or resume=RUN_DIR")
