@@ -198,3 +198,14 @@ def test_r1_and_path_length_double_backward_through_networks():
     (gw,) = torch.autograd.grad((img * torch.randn_like(img)).sum(), ws, create_graph=True)
     gw.square().sum(-1).mean(dim=[1, 2]).sqrt().mean().backward()
     assert G._synthesis.blocks[-1].conv1.weight.grad is not None
+
+
+def test_float64_networks_for_exact_checks():
+    """G.double() / D.double() run entirely in float64 (useful for exact numerical tests)."""
+    base, over = _pair()
+    over = over.double()
+    W = over.mapping(over.sample_z(2, seed=0).double())
+    img = over.synthesis(W)
+    assert W.dtype == img.dtype == torch.float64
+    D = Discriminator(tiny_d()).double()
+    assert D(img).dtype == torch.float64

@@ -27,7 +27,7 @@ class DiscriminatorBlock(nn.Module):
         self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2, gain=math.sqrt(0.5))
 
     def forward(self, x: torch.Tensor | None, img: torch.Tensor) -> torch.Tensor:
-        dtype = torch.float16 if self.use_fp16 and img.device.type == "cuda" else torch.float32
+        dtype = torch.float16 if self.use_fp16 and img.device.type == "cuda" else self.conv0.weight.dtype
         if self.in_channels == 0:
             x = self.fromrgb(img.to(dtype))
         assert x is not None
@@ -74,7 +74,7 @@ class DiscriminatorEpilogue(nn.Module):
         self.out = FullyConnectedLayer(channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(torch.float32)
+        x = x.to(self.conv.weight.dtype)
         if self.mbstd is not None:
             x = self.mbstd(x)
         x = self.conv(x)

@@ -31,7 +31,7 @@ class MappingNetwork(nn.Module):
         """z [..., z_dim] -> w [..., w_dim]. With update_emas, w_avg tracks the mean over every vector/row."""
         if z.shape[-1] != self.z_dim:
             raise ValueError(f"mapping: z must end in z_dim={self.z_dim}, got shape {list(z.shape)}")
-        x = normalize_2nd_moment(z.to(torch.float32))
+        x = normalize_2nd_moment(z.to(self.w_avg.dtype))
         for layer in self.layers:
             x = layer(x)
         if update_emas:

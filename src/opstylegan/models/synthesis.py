@@ -88,7 +88,10 @@ class SynthesisBlock(nn.Module):
     def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor, *,
                 fused: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         # ws: [B, num_conv + 1, r, C]; the last entry feeds ToRGB (shared with the next block's first conv).
-        dtype = torch.float16 if self.use_fp16 and ws.device.type == "cuda" else torch.float32
+        # fp16 on CUDA in the highest-resolution blocks; otherwise the parameters' dtype (float32, or float64
+        # after G.double() for exact numerical tests).
+        param_dtype = self.conv1.weight.dtype
+        dtype = torch.float16 if self.use_fp16 and ws.device.type == "cuda" else param_dtype
         i = 0
         if self.in_channels == 0:
             x = self.const.to(dtype)[None].expand(ws.shape[0], -1, -1, -1)
@@ -97,7 +100,7 @@ class SynthesisBlock(nn.Module):
             x = self.conv0(x.to(dtype), ws[:, i], fused=fused)
             i += 1
         x = self.conv1(x, ws[:, i], fused=fused)
-        y = self.torgb(x, ws[:, i + 1], fused=fused).to(torch.float32)
+        y = self.torgb(x, ws[:, i + 1], fused=fused).to(param_dtype)
         img = y if img is None else upsample2d(img, self.resample_filter) + y
         return x, img
 
@@ -124,7 +127,7 @@ class SynthesisNetwork(nn.Module):
         self.max_out_channels = max(channels_at(r, channel_base, channel_max) for r in self.block_resolutions)
 
     def forward(self, ws: torch.Tensor, *, fused: bool | None = None) -> torch.Tensor:
-        """ws [B, num_ws, r, w_dim] -> images [B, img_channels, H, W] (float32, about [-1, 1])."""
+        """ws [B, num_ws, r, w_dim] -> images [B, img_channels, H, W] (parameter dtype, about [-1, 1])."""
         if ws.ndim != 4 or ws.shape[1] != self.num_ws or ws.shape[3] != self.w_dim:
             raise ValueError(f"synthesis expects ws [B, {self.num_ws}, r, {self.w_dim}], got {list(ws.shape)}")
         x = img = None
