@@ -101,6 +101,11 @@ def test_state_loads_with_weights_only_and_refuses_other_config(dataset_dir, tmp
     other = Trainer(cfg_for(dataset_dir, kimg=0.008, gamma=5.0))
     with pytest.raises(S.StateError, match="'gamma': \\("):
         other.load_state_dict(S.load_state(path))
+    state = S.load_state(path)
+    assert state["sampler"]["index"] == 8 and state["sampler"]["num_items"] == 40  # 20 images, mirrored
+    state["sampler"]["num_items"] = 39  # as if the dataset had been rebuilt with another size
+    with pytest.raises(S.StateError, match="cannot resume the data stream: .*num_items=39"):
+        Trainer(cfg_for(dataset_dir, kimg=0.008)).load_state_dict(state)
 
 
 def test_corrupt_newest_state_is_skipped(dataset_dir, tmp_path):

@@ -104,6 +104,8 @@ class Trainer:
         assert cfg.batch is not None and cfg.gamma is not None and cfg.lr is not None and cfg.ema_kimg is not None
         self.batch_gpu = cfg.batch // self.info.world_size
 
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest kernels
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank (then broadcast anyway)
         from opstylegan.config import DiscriminatorConfig, GeneratorConfig
 
@@ -241,6 +243,7 @@ class Trainer:
             "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
             "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
             "pl_mean": self.pl_mean.detach().cpu(),
+            "sampler": self._sampler().state_dict(),
             "ranks": rank_states if rank_states is not None else [self.rank_state()],
         }
 
@@ -258,6 +261,11 @@ class Trainer:
         self.opt_D.load_state_dict(state["opt_D"])
         self.pl_mean = state["pl_mean"].to(self.device)
         self.cur_nimg, self.batch_idx, self.cur_tick = state["cur_nimg"], state["batch_idx"], state["cur_tick"]
+        try:  # the same data in the same order: refuses a dataset that changed size since the state was saved
+            self._sampler().load_state_dict(state["sampler"])
+        except ValueError as e:
+            raise S.StateError(f"cannot resume the data stream: {e} (was the dataset {self.cfg.data!r} rebuilt or "
+                               f"--mirror changed?)") from None
         ranks = state["ranks"]
         if state["world_size"] == self.info.world_size and len(ranks) == self.info.world_size:
             mine = ranks[self.info.rank]
@@ -274,9 +282,13 @@ class Trainer:
                 self.ada.load_state_dict(ada)
 
     # -- the run ----------------------------------------------------------------------------------------
+    def _sampler(self) -> InfiniteSampler:
+        """This rank's shard of the global image stream, positioned at the images seen so far (cur_nimg)."""
+        return InfiniteSampler(self.dataset, rank=self.info.rank, world_size=self.info.world_size,
+                               seed=self.cfg.seed, start_index=self.cur_nimg)
+
     def _loader(self) -> DataLoader:
-        sampler = InfiniteSampler(self.dataset, rank=self.info.rank, world_size=self.info.world_size,
-                                  seed=self.cfg.seed, start_index=self.cur_nimg)
+        sampler = self._sampler()
         # Its own generator: creating the iterator would otherwise draw from the global torch RNG.
         base_seed = torch.Generator().manual_seed(rank_seed(self.cfg.seed + 2, self.info.rank))
         return DataLoader(self.dataset, sampler=sampler, batch_size=self.batch_gpu, num_workers=self.cfg.workers,
