@@ -18,6 +18,7 @@ float32 rounding of batched convolutions).
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -57,7 +58,7 @@ class EditabilityResult:
     """Output of :func:`editability_metrics`.
 
     Attributes:
-        fid: FID of the midpoint images against the reference set.
+        fid: FID of the midpoint images against the reference set (NaN with a single pair).
         ppl: Mean perceptual path length over pairs (sum of LPIPS over the segments).
         path_lengths: Per-pair path lengths ``[P]`` (float64), in pair order.
         pairs: The pairs ``(i, j)`` measured, in order.
@@ -87,7 +88,8 @@ class EditabilityResult:
         """JSON-ready summary (per-pair lengths summarised by std and quartiles)."""
         pl = self.path_lengths
         q = torch.quantile(pl, torch.tensor([0.25, 0.5, 0.75], dtype=pl.dtype)).tolist() if len(pl) else []
-        return {"fid": self.fid, "ppl": self.ppl, "ppl_std": float(pl.std()) if len(pl) > 1 else 0.0,
+        fid = self.fid if math.isfinite(self.fid) else None  # one pair: no covariance, no FID
+        return {"fid": fid, "ppl": self.ppl, "ppl_std": float(pl.std()) if len(pl) > 1 else 0.0,
                 "ppl_quartiles": q, "num_pairs": self.num_pairs, "num_latents": self.num_latents,
                 "num_reference": self.num_reference, "num_segments": self.num_segments, "space": self.space,
                 "fingerprint": self.fingerprint, "feature_net": self.feature_net,
