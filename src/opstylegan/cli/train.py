@@ -63,8 +63,8 @@ def command(ctx: click.Context, data: Path | None, outdir: Path, overparam: bool
 
     Writes into one run folder: config.json (resolved), log.txt, stats.jsonl (one line per tick), reals.png,
     fakes-<kimg>.png, network-<kimg>/ and network-latest/ (G_ema, loadable by `opstylegan generate --model`),
-    and state-<kimg>.pt (everything needed to resume exactly). Put `torchrun --nproc_per_node N -m` in front
-    to train on N GPUs (or N CPU processes with gloo).
+    and state-<kimg>.pt (everything needed to resume exactly). On N GPUs (or N CPU processes with gloo):
+    `torchrun --standalone --nproc_per_node N -m opstylegan train ...` with the same options.
     """
     from opstylegan.config import ConfigError
     from opstylegan.data.build import DatasetError
