@@ -218,8 +218,8 @@ def apply_command(model, components_path, latent_paths, seeds, component, sigma,
 @outdir_option
 @device_option
 def grid_command(model, components_path, seeds, top, sigma, steps, layers, truncation_psi, outdir, device):
-    """Top principal components on random samples (paper figs. 9, 10): one grid per seed, a row per component
-    and a column per sigma (the middle column is the unedited image when the range is symmetric)."""
+    """Grids of the top principal components on random samples: one grid per seed, a row per component and
+    a column per sigma (paper figs. 9 and 10; the middle column is the unedited image for a symmetric range)."""
     from opstylegan.data.images import from_tensor, save_grid
     from opstylegan.editing.ganspace import edit_latents
     from opstylegan.editing.interpolate import render_latents
