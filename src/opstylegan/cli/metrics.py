@@ -183,7 +183,8 @@ def _table(results: dict[str, dict[str, Any]]) -> str:
 @click.option("--ppl-crop/--no-ppl-crop", default=False, help="PPL: crop to the face region (FFHQ protocol).")
 @click.option("--trunc", "truncation_psi", type=click.FloatRange(-1, 2), default=1.0,
               help="Truncation psi of the generated images for FID / KID (1 = none). PPL is untruncated.")
-@click.option("--batch", type=click.IntRange(1), default=16, help="Images per forward pass (results do not change).")
+@click.option("--batch", type=click.IntRange(1), default=16,
+              help="Images per forward pass (changes results only by float rounding).")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0,
               help="Generated image i uses seed SEED + i; also seeds PPL and the KID subsets.")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
