@@ -60,6 +60,19 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def peak_rss_gib() -> float:
+    """Peak resident memory of this process. VmHWM belongs to the current program image; ru_maxrss would
+    report the parent's peak when it was larger at fork time (Linux keeps it across exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # kB -> GiB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (macOS: bytes)
+
+
 def child_memory(args: argparse.Namespace, variant: str) -> float:
     """Peak RSS (GiB) of a fresh process doing `--steps` training steps of one variant (CPU memory figure)."""
     cmd = [sys.executable, __file__, "--child", variant, "--preset", args.preset, "--res", str(args.res),
@@ -89,7 +102,7 @@ def main() -> None:
         tr, reals = make(args, args.child)
         for _ in range(args.steps):
             tr.train_step(reals)
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)  # KiB -> GiB
+        print(peak_rss_gib())
         return
 
     trainers = {n: make(args, n) for n in VARIANTS}
