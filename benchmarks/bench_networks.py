@@ -2,7 +2,7 @@
 
 Timings of the variants are interleaved in one process (repeat k of every variant before repeat k+1) so that
 a noisy, shared machine affects them alike; the figure reported is the median over repeats. Peak memory is
-torch.cuda.max_memory_allocated on a GPU, and the peak RSS of a fresh child process per variant on CPU.
+torch.cuda.max_memory_allocated on a GPU, and the peak RSS (VmHWM) of a fresh child process per variant on CPU.
 
     python benchmarks/bench_networks.py --preset small --res 64 --batch 8 --device cpu
     python benchmarks/bench_networks.py --preset auto --res 256 --batch 16 --device cuda
@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
 import torch
+from benchutil import peak_rss_gib
 
 from opstylegan.config import preset
 from opstylegan.models.generator import Generator
@@ -74,14 +74,14 @@ def main() -> None:
         G, fused = make(args, args.child)
         for _ in range(3):
             step(G, fused, args.batch, args.device)
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)  # KiB -> GiB
+        print(peak_rss_gib())
         return
 
     names = args.variants.split(",")
     models = {n: make(args, n) for n in names}
     times: dict[str, list[float]] = {n: [] for n in names}
     mem: dict[str, float] = {}
-    for n, (G, fused) in models.items():  # warm-up (cudnn autotune, allocator)
+    for G, fused in models.values():  # warm-up (cudnn autotune, allocator)
         step(G, fused, args.batch, args.device)
     for _ in range(args.repeats):
         for n, (G, fused) in models.items():

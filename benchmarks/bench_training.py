@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
 import torch
+from benchutil import peak_rss_gib
 
 from opstylegan.training.config import TrainConfig
 from opstylegan.training.distributed import DistInfo
@@ -58,19 +58,6 @@ def make(args: argparse.Namespace, variant: str) -> tuple[Trainer, torch.Tensor]
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-
-
-def peak_rss_gib() -> float:
-    """Peak resident memory of this process. VmHWM belongs to the current program image; ru_maxrss would
-    report the parent's peak when it was larger at fork time (Linux keeps it across exec)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 2**20  # kB -> GiB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (macOS: bytes)
 
 
 def child_memory(args: argparse.Namespace, variant: str) -> float:

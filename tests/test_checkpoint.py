@@ -5,8 +5,8 @@ import pickle
 
 import pytest
 import torch
-
 from conftest import tiny, tiny_d
+
 from opstylegan import Discriminator, Generator
 from opstylegan.config import ConfigError
 from opstylegan.io.checkpoint import CheckpointError
@@ -19,7 +19,7 @@ def test_round_trip_bit_exact(tmp_path, overparam):
         G._mapping.w_avg.normal_()
     G.save_pretrained(tmp_path / "g")
     H = Generator.from_pretrained(tmp_path / "g")
-    for (k, a), (k2, b) in zip(G.state_dict().items(), H.state_dict().items()):
+    for (k, a), (k2, b) in zip(G.state_dict().items(), H.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(a, b), k
     assert H.cfg == G.cfg and H.fingerprint() == G.fingerprint()
     z = G.z_from_seeds([1, 2])
@@ -124,3 +124,14 @@ def test_refuses_pickles(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="has no config.json"):
         Generator.from_pretrained(tmp_path / "empty")
+
+
+def test_written_files_get_usual_permissions(tmp_path):
+    import os
+    import stat
+
+    d = Generator(tiny()).save_pretrained(tmp_path / "g")
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in (d / "config.json", d / "model.safetensors"):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o666 & ~mask

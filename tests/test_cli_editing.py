@@ -18,16 +18,6 @@ from opstylegan.inversion.latents_io import load_latent, save_latent
 from opstylegan.models.generator import Generator
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These 32x32 networks gain nothing from intra-op threads, and on a busy machine the thread pool's
-    contention makes them 10-50x slower; the previous setting is restored after the module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _model(root, name, overparam, seed):
     torch.manual_seed(seed)
     G = Generator(tiny(overparam=overparam)).eval()

@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import tiny
 from PIL import Image
 
-from conftest import tiny
 from opstylegan import Generator
 from opstylegan.cli.common import parse_seeds
 from opstylegan.cli.main import cli

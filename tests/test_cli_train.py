@@ -6,21 +6,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from opstylegan.cli.main import cli
 from opstylegan.data import build_dataset, write_idx
 from opstylegan.models.generator import Generator
 from opstylegan.training import state as S
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")

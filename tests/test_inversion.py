@@ -18,15 +18,6 @@ from opstylegan.latent import LatentError
 from opstylegan.metrics.lpips import LPIPS
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # 32 px images in batches of 1-3: one thread is faster than two fighting over small convolutions.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def lpips():
     return LPIPS("vgg")

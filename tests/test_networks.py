@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import tiny, tiny_d
+
 from opstylegan import Discriminator, Generator
 from opstylegan.config import ConfigError, GeneratorConfig, preset
 from opstylegan.latent import LatentError, broadcast, normal_rows

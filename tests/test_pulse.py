@@ -11,14 +11,6 @@ from opstylegan.inversion.pulse import downsample_nearest, lpips_view, pulse, up
 from opstylegan.metrics.lpips import LPIPS
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def lpips():
     return LPIPS("vgg")

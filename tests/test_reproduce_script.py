@@ -201,6 +201,12 @@ def test_second_run_skips_and_a_changed_option_reruns_only_its_steps(first_run, 
     with open(out / "table2" / "fig6_curves.csv") as f:
         assert len(list(csv.DictReader(f))) == 3
     assert json.loads((out / "results.json").read_text())["parts"]["table2"]["W"]["steps"] == 3
+    # A snapshot folder overwritten with other weights: same commands, but the steps are re-run.
+    torch.manual_seed(7)
+    Generator(tiny(overparam=True)).eval().save_pretrained(world["models"]["overparam"])
+    log4: list[str] = []
+    repro.reproduce(_opts(world, out, steps=3, parts=("ganspace",)), log=log4.append)
+    assert sorted(m.split("]")[0][1:] for m in log4 if "finished in" in m) == ["ganspace-fit", "ganspace-grid"]
 
 
 def test_bad_inputs_are_refused_before_any_work(world, tmp_path):
@@ -210,6 +216,8 @@ def test_bad_inputs_are_refused_before_any_work(world, tmp_path):
         repro.reproduce(_opts(world, tmp_path / "b", parts=("table2", "bogus")))
     with pytest.raises(FileNotFoundError, match="--test-data .*no dataset.json"):
         repro.reproduce(_opts(world, tmp_path / "c", test_data=tmp_path))
+    with pytest.raises(ValueError, match="--overparam .*expected an overparameterized model.*overparam=False"):
+        repro.reproduce(_opts(world, tmp_path / "e", overparam=world["models"]["baseline"]))
     with pytest.raises(ValueError, match="holds 6 images, fewer than the 7"):
         repro.reproduce(_opts(world, tmp_path / "d", num_invert=7, parts=("table2",)))
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not any((tmp_path / d).exists() for d in "abce")

@@ -19,14 +19,6 @@ from opstylegan.training.ema import ema_beta, update_ema
 from opstylegan.training.loop import Trainer, TrainingDiverged, images_to_float, lazy_adam
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny networks: threads only add contention
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def dataset_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")

@@ -137,7 +137,8 @@ class DiscriminatorConfig(_Config):
         _check_common("DiscriminatorConfig", self.img_resolution, self.img_channels, self.channel_base,
                       self.channel_max, self.num_fp16_res, self.conv_clamp)
         if not isinstance(self.mbstd_group_size, int) or self.mbstd_group_size < 1:
-            raise ConfigError(f"DiscriminatorConfig: mbstd_group_size must be an int >= 1, got {self.mbstd_group_size!r}")
+            raise ConfigError(
+                f"DiscriminatorConfig: mbstd_group_size must be an int >= 1, got {self.mbstd_group_size!r}")
         if not isinstance(self.mbstd_num_channels, int) or self.mbstd_num_channels < 0:
             raise ConfigError(
                 f"DiscriminatorConfig: mbstd_num_channels must be an int >= 0, got {self.mbstd_num_channels!r}")

@@ -58,7 +58,7 @@ def command(model, init_preset, overparam, resolution, channels, init_seed, seed
         for i in range(0, len(seeds), batch):
             chunk = seeds[i:i + batch]
             img = from_tensor(G(G.z_from_seeds(chunk), truncation_psi=truncation_psi))  # [b, H, W, C] uint8
-            for seed, im in zip(chunk, img):
+            for seed, im in zip(chunk, img, strict=True):
                 save_image(out / f"seed{seed:04d}.png", im)
                 if grid:
                     images.append(im)

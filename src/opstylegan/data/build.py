@@ -186,7 +186,8 @@ def _check_dest(source: Path, dest: Path, overwrite: bool) -> None:
     if dest.exists() and not dest.is_dir():
         raise DatasetError(f"destination {dest} exists and is not a directory")
     if dest.is_dir() and any(dest.iterdir()) and not overwrite:
-        raise DatasetError(f"destination {dest} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+        raise DatasetError(
+            f"destination {dest} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     src, dst = source.resolve(), dest.resolve()
     if src == dst or dst in src.parents:
         raise DatasetError(f"destination {dest} would replace the source {source}; choose another destination")
@@ -348,7 +349,8 @@ def read_metadata(path: PathLike) -> dict[str, Any]:
     try:
         meta = json.loads(meta_path.read_text())
     except FileNotFoundError:
-        raise DatasetError(f"{path}: not a dataset directory (no {META_FILE}; build one with `opstylegan dataset`)") from None
+        raise DatasetError(
+            f"{path}: not a dataset directory (no {META_FILE}; build one with `opstylegan dataset`)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DatasetError(f"{meta_path}: invalid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:

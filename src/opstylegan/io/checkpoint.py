@@ -43,7 +43,8 @@ def resolve_model_dir(path: str | os.PathLike[str]) -> Path:
     """Accepts the checkpoint folder, or its config.json / model.safetensors. Refuses pickles by name."""
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(f"model not found: {str(p)!r} (expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME})")
+        raise FileNotFoundError(
+            f"model not found: {str(p)!r} (expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME})")
     if p.is_file():
         if p.name in (CONFIG_NAME, WEIGHTS_NAME):
             return p.parent

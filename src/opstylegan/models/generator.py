@@ -112,7 +112,10 @@ class Generator(PretrainedMixin, nn.Module):
         return truncate(w, self.w_avg, psi)
 
     def synthesis(self, latent: torch.Tensor, space: str | None = None, *, fused: bool | None = None) -> torch.Tensor:
-        """Latent in `space` (default: the native space) -> images [B, C, H, W] (float32 unless G.double()), about [-1, 1]."""
+        """Latent in `space` (default: the native space) -> images [B, C, H, W] in about [-1, 1].
+
+        Images are float32 (float64 after G.double()).
+        """
         space = check_space(space or self.native_space, overparam=self.overparam)
         ws = to_ws(latent, space, num_ws=self.num_ws, rows=self.rows, w_dim=self.cfg.w_dim)
         return self._synthesis(ws, fused=fused)

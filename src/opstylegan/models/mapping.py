@@ -23,7 +23,8 @@ class MappingNetwork(nn.Module):
         self.z_dim, self.w_dim, self.w_avg_beta = z_dim, w_dim, w_avg_beta
         dims = [z_dim] + [w_dim] * num_layers
         self.layers = nn.ModuleList(
-            FullyConnectedLayer(i, o, act="lrelu", lr_multiplier=lr_multiplier) for i, o in zip(dims[:-1], dims[1:])
+            FullyConnectedLayer(i, o, act="lrelu", lr_multiplier=lr_multiplier)
+            for i, o in zip(dims[:-1], dims[1:], strict=True)
         )
         self.register_buffer("w_avg", torch.zeros(w_dim))
 
