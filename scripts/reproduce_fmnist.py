@@ -116,10 +116,13 @@ class StepRunner:
     """Runs `opstylegan` commands in this process and keeps one record per step under ``out/steps``.
 
     ``log`` receives one line per step (started, skipped, finished); ``records`` collects every step's record.
+    ``inputs`` identifies what the commands read beyond their arguments (model fingerprints, dataset hashes): a
+    step recorded with other inputs (e.g. a snapshot folder overwritten since) is re-run.
     """
 
     out: Path
     log: Callable[[str], None]
+    inputs: dict[str, str] = field(default_factory=dict)
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def run(self, name: str, argv: Sequence[str], outputs: Sequence[Path], clean: Path | None = None) -> dict:
@@ -130,7 +133,8 @@ class StepRunner:
         command = shlex.join(["opstylegan", *argv])
         if record_path.is_file():
             rec = json.loads(record_path.read_text())
-            if rec.get("command") == command and all(Path(p).exists() for p in outputs):
+            if rec.get("command") == command and rec.get("inputs") == self.inputs and \
+                    all(Path(p).exists() for p in outputs):
                 self.log(f"[{name}] done before ({rec['elapsed_s']:.1f} s), skipped")
                 self.records[name] = rec
                 return rec
@@ -153,7 +157,7 @@ class StepRunner:
         missing = [str(p) for p in outputs if not Path(p).exists()]
         if missing:
             raise ReproError(f"step {name!r} finished but did not write {', '.join(missing)}\n  command: {command}")
-        rec = {"name": name, "command": command, "argv": argv, "elapsed_s": round(elapsed, 2),
+        rec = {"name": name, "command": command, "argv": argv, "inputs": self.inputs, "elapsed_s": round(elapsed, 2),
                "finished_utc": _utc_now(), "threads": torch.get_num_threads()}
         _write_json(record_path, rec)
         self.records[name] = rec
@@ -184,6 +188,10 @@ def check_inputs(opts: Options) -> None:
     for label, path in (("--baseline", opts.baseline), ("--overparam", opts.overparam)):
         if not (Path(path) / "config.json").is_file():
             raise FileNotFoundError(f"{label} {path}: not a model folder (expected config.json + model.safetensors)")
+        over = json.loads((Path(path) / "config.json").read_text()).get("config", {}).get("overparam")
+        if over is not (label == "--overparam"):
+            want = "an overparameterized" if label == "--overparam" else "a baseline"
+            raise ValueError(f"{label} {path}: expected {want} model, its config.json has overparam={over}")
     for label, path in (("--train-data", opts.train_data), ("--test-data", opts.test_data)):
         if not (Path(path) / "dataset.json").is_file():
             raise FileNotFoundError(f"{label} {path}: not an `opstylegan dataset` folder (no dataset.json)")
@@ -651,13 +659,15 @@ def reproduce(opts: Options, *, log: Callable[[str], None] | None = None) -> dic
     if opts.threads is not None:
         torch.set_num_threads(opts.threads)
     opts.outdir.mkdir(parents=True, exist_ok=True)
-    steps = StepRunner(opts.outdir, log)
     start = time.perf_counter()
     meta = {"created_utc": _utc_now(), "script_command": script_command(opts), "device": opts.device,
             "threads": torch.get_num_threads(), "torch": torch.__version__,
             "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(opts).items()},
             "models": {n: model_record(p) for n, p in opts.models().items()},
             "datasets": {"train": dataset_record(opts.train_data), "test": dataset_record(opts.test_data)}}
+    inputs = {**{f"model:{n}": m["fingerprint"] for n, m in meta["models"].items()},
+              **{f"data:{n}": d["content_sha256"] for n, d in meta["datasets"].items()}}
+    steps = StepRunner(opts.outdir, log, inputs)
     own: dict[str, float] = {}
     failure: ReproError | None = None
     try:
@@ -668,6 +678,10 @@ def reproduce(opts: Options, *, log: Callable[[str], None] | None = None) -> dic
                 own[part] = round(time.perf_counter() - t0, 2)
     except ReproError as e:
         failure = e
+    changed = [n for n, p in opts.models().items() if model_record(p)["fingerprint"] != inputs[f"model:{n}"]]
+    if changed and failure is None:
+        failure = ReproError(f"the {' and '.join(changed)} model folder(s) changed during the run (a training "
+                             "writing into it?): use a fixed snapshot folder, e.g. network-000400.000")
     # Records of steps done in earlier invocations (skipped parts included) count in the timings too.
     for rec_path in sorted((opts.outdir / "steps").glob("*.json")):
         rec = json.loads(rec_path.read_text())
