@@ -56,7 +56,8 @@ def test_generate_init_grayscale(tmp_path):
     [
         (["--init", "tiny", "--trunc", "3"], "3.0 is not in the range -1<=x<=2"),
         (["--init", "tiny", "--seeds", "5-2"], "before the start"),
-        ([], "exactly one of --model DIR or --init PRESET"),
+        (["--init", "tiny", "--model", "fmnist32-baseline"], "either --model or --init PRESET, not both"),
+        (["--model", "no/such/folder"], "neither a model folder nor a shipped model"),
         (["--model", "{pkl}"], "never unpickles"),
     ],
 )

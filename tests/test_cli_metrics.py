@@ -195,7 +195,7 @@ def _png_folder(folder: Path, res: int, mode_channels: int) -> Path:
     ("channels", "has 3-channel 32x32 images, but the model generates 1-channel 32x32 images"),
     ("no_data", "--data is required for fid"),
     ("num_real", "5 real images requested, but"),
-    ("model", "does not exist"),
+    ("model", "is neither a model folder nor a shipped model"),
     ("dataset", "does not exist"),
 ])
 def test_bad_input_fails_early_without_json(model, own_images, cache, tmp_path, no_networks, case, msg):

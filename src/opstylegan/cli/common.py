@@ -11,6 +11,8 @@ from typing import Any
 import click
 import torch
 
+from opstylegan.pretrained import DEFAULT_MODEL
+
 MAX_SEED = 2**32 - 1
 MAX_SEEDS = 1_000_000
 
@@ -67,14 +69,35 @@ device_option = click.option("--device", default="auto", show_default=True, meta
                              help="Where to run.")
 
 
+class ModelRef(click.ParamType):
+    """A model folder, or the name of a model shipped with opstylegan (opstylegan.pretrained.SHIPPED)."""
+
+    name = "MODEL"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from opstylegan.pretrained import SHIPPED
+
+        if str(value) in SHIPPED or Path(value).exists():
+            return str(value)
+        self.fail(f"{value!r} is neither a model folder nor a shipped model ({', '.join(SHIPPED)})", param, ctx)
+
+
+def model_option(*, default: str | None = DEFAULT_MODEL, help: str = "") -> Any:
+    """The --model option of every command: a folder (config.json + model.safetensors) or a shipped name."""
+    text = help or "Model folder (config.json + model.safetensors), or a shipped model's name."
+    return click.option("--model", type=ModelRef(), default=default, required=default is None,
+                        show_default=default is not None, help=text)
+
+
 def load_generator(path: str | os.PathLike[str], device: torch.device):
-    """Loads a Generator for a CLI command, turning library errors into clean CLI errors."""
+    """Loads a Generator (folder or shipped name) for a CLI command, turning library errors into clean CLI errors."""
     from opstylegan.config import ConfigError
     from opstylegan.io.checkpoint import CheckpointError
     from opstylegan.models.generator import Generator
+    from opstylegan.pretrained import resolve_model
 
     try:
-        return Generator.from_pretrained(path, device=device)
+        return Generator.from_pretrained(resolve_model(path), device=device)
     except (FileNotFoundError, CheckpointError, ConfigError) as e:
         raise click.ClickException(str(e)) from None
 

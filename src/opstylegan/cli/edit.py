@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from opstylegan.cli.common import SeedList, device_option, load_generator, resolve_device, write_json
+from opstylegan.cli.common import model_option as common_model_option
 
 EXAMPLES = """
 \b
@@ -64,8 +65,7 @@ def command() -> None:
 components_file_option = click.option(
     "--components", "components_path", type=click.Path(exists=True, dir_okay=False), required=True,
     help="ganspace.safetensors written by `opstylegan edit fit` for this model.")
-model_option = click.option("--model", type=click.Path(exists=True, file_okay=False), required=True,
-                            help="Model folder (config.json + model.safetensors).")
+model_option = common_model_option()
 outdir_option = click.option("--outdir", type=click.Path(file_okay=False), required=True,
                              help="Where to write the results.")
 sigma_option = click.option("--sigma", type=SigmaRange(), default="-3..3", show_default=True,

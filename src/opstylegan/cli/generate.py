@@ -8,7 +8,8 @@ import click
 import numpy as np
 import torch
 
-from opstylegan.cli.common import SeedList, device_option, load_generator, resolve_device, write_json
+from opstylegan.cli.common import SeedList, device_option, load_generator, model_option, resolve_device, write_json
+from opstylegan.pretrained import DEFAULT_MODEL
 
 EXAMPLES = """
 \b
@@ -19,7 +20,7 @@ Examples:
 
 
 @click.command(name="generate", epilog=EXAMPLES)
-@click.option("--model", type=click.Path(exists=True), help="Model folder (config.json + model.safetensors).")
+@model_option(default=None, help="Model folder or shipped model name [default: fmnist32-overparam, unless --init].")
 @click.option("--init", "init_preset", type=click.Choice(["tiny", "small", "auto"]),
               help="Instead of --model: a freshly initialised network of this preset (for smoke tests).")
 @click.option("--overparam/--baseline", default=False, help="With --init: the overparameterized latent or not.")
@@ -40,8 +41,10 @@ def command(model, init_preset, overparam, resolution, channels, init_seed, seed
     from opstylegan.data.images import from_tensor, save_grid, save_image
     from opstylegan.models.generator import Generator
 
-    if (model is None) == (init_preset is None):
-        raise click.UsageError("give exactly one of --model DIR or --init PRESET")
+    if model is not None and init_preset is not None:
+        raise click.UsageError("give either --model or --init PRESET, not both")
+    if init_preset is None:
+        model = model or DEFAULT_MODEL
     dev = resolve_device(device)
     if model is not None:
         G = load_generator(model, dev)

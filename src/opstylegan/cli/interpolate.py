@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from opstylegan.cli.common import device_option, load_generator, resolve_device, write_json
+from opstylegan.cli.common import model_option as common_model_option
 
 EXAMPLES = """
 \b
@@ -55,8 +56,7 @@ latents_option = click.option(
     "--latents", "latents_opt", multiple=True, type=click.Path(exists=True),
     help="Latent files (opstylegan invert output) or folders of them: --latents A B C (or repeat --latents).")
 latents_argument = click.argument("latents_args", nargs=-1, type=click.Path(exists=True), metavar="[LATENTS]...")
-model_option = click.option("--model", type=click.Path(exists=True, file_okay=False), required=True,
-                            help="Model folder (config.json + model.safetensors) the latents were inverted with.")
+model_option = common_model_option(help="Model folder or shipped name; the one the latents were inverted with.")
 outdir_option = click.option("--outdir", type=click.Path(file_okay=False), required=True,
                              help="Where to write the results.")
 

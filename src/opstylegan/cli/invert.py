@@ -6,7 +6,7 @@ import time
 
 import click
 
-from opstylegan.cli.common import device_option, resolve_device
+from opstylegan.cli.common import device_option, model_option, resolve_device
 
 EXAMPLES = """
 \b
@@ -46,7 +46,7 @@ def _spaces_callback(ctx: click.Context, param: click.Parameter, value: str | No
 
 
 @click.command(name="invert", epilog=EXAMPLES)
-@click.option("--model", type=click.Path(exists=True), required=True, help="Model folder (config.json + weights).")
+@model_option()
 @click.option("--images", multiple=True, required=True, type=click.Path(exists=True),
               help="An image file, folder (recursive) or .zip; repeat for more.")
 @click.option("--space", "--space-list", "spaces", callback=_spaces_callback, default=None, metavar="SPACES",

@@ -20,7 +20,7 @@ import click
 import torch
 from tqdm import tqdm
 
-from opstylegan.cli.common import device_option, load_generator, resolve_device, write_json
+from opstylegan.cli.common import device_option, load_generator, model_option, resolve_device, write_json
 
 #: The metrics this command computes, in the order they are run and reported.
 METRICS: tuple[str, ...] = ("fid", "kid", "ppl")
@@ -167,8 +167,7 @@ def _table(results: dict[str, dict[str, Any]]) -> str:
 
 
 @click.command(name="metrics", epilog=EXAMPLES, context_settings={"show_default": True})
-@click.option("--model", type=click.Path(exists=True, file_okay=False), required=True,
-              help="Model folder (config.json + model.safetensors).")
+@model_option()
 @click.option("--data", type=click.Path(exists=True), default=None,
               help="Real images for FID / KID: a built dataset folder, or a folder / .zip of same-size images.")
 @click.option("--metrics", "metric_names", type=MetricList(), default="fid",

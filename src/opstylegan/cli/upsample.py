@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from opstylegan.cli.common import device_option, resolve_device, write_json
+from opstylegan.cli.common import device_option, model_option, resolve_device, write_json
 
 EXAMPLES = """
 \b
@@ -20,7 +20,7 @@ resolution. Writes per image <stem>_lowres.png (the target, enlarged by nearest 
 
 
 @click.command(name="upsample", epilog=EXAMPLES)
-@click.option("--model", type=click.Path(exists=True), required=True, help="Model folder.")
+@model_option()
 @click.option("--images", multiple=True, required=True, type=click.Path(exists=True),
               help="An image file, folder or .zip; repeat for more.")
 @click.option("--factor", type=click.Choice(["2", "4", "8", "16", "32"]), default="16", help="Downsampling factor.")
