@@ -35,6 +35,7 @@ import math
 import shlex
 import shutil
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,8 @@ class StepRunner:
         except click.exceptions.Exit as e:
             if e.exit_code:
                 raise ReproError(f"step {name!r} exited with status {e.exit_code}\n  command: {command}") from None
+        except Exception as e:  # a bug in a command: keep its traceback, still write the results so far
+            raise ReproError(f"step {name!r} crashed: {type(e).__name__}: {e}\n  command: {command}") from e
         elapsed = time.perf_counter() - start
         missing = [str(p) for p in outputs if not Path(p).exists()]
         if missing:
@@ -749,6 +752,8 @@ def main(**kwargs: Any) -> None:
     try:
         res = reproduce(opts, log=lambda m: click.echo(m, err=True))
     except (ReproError, FileNotFoundError, ValueError) as e:
+        if e.__cause__ is not None:  # a command crashed: its traceback is what the maintainers need
+            traceback.print_exception(e.__cause__)
         raise click.ClickException(str(e)) from None
     click.echo(f"wrote {opts.outdir / 'results.json'} and {opts.outdir / 'results.md'} "
                f"({res['timings_s']['this_invocation_total']:.0f} s)")
