@@ -119,7 +119,7 @@ def command(model, images, spaces, outdir, steps, lr, beta1, beta2, loss, mse_we
         if now - last[0] > 0.5 or p.step == p.steps:
             last[0] = now
             bar.set_description(f"inverting {space}", refresh=False)
-            bar.set_postfix_str(f"median LPIPS {float(p.lpips.median()):.4f}")
+            bar.set_postfix_str(f"median LPIPS {float(p.lpips.float().quantile(0.5)):.4f}")  # as summary.json
 
     def on_skip(name, reason):
         bar.clear()
