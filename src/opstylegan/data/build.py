@@ -15,7 +15,6 @@ IDX sources, the decoded IDX array itself).
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import os
 import shutil
@@ -38,6 +37,7 @@ from opstylegan.data.images import (
     center_crop_resize,
     pad_to,
 )
+from opstylegan.io.atomic import sha256_file
 
 FORMAT_NAME = "opstylegan-dataset"
 FORMAT_VERSION = 1
@@ -214,14 +214,6 @@ def _shrink_npy(path: Path, count: int) -> None:
         f.truncate(prefix + header_len + int(np.prod(shape, dtype=np.int64)))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _install(tmp: Path, dest: Path) -> None:
     """Move the finished dataset onto `dest`, replacing an empty or (already approved) existing one."""
     if not dest.exists():
@@ -326,7 +318,7 @@ def build_dataset(
         report = BuildReport(
             dest=dest, count=len(kept), resolution=resolution, channels=channels, source_kind=src.kind,
             num_candidates=src.count, skipped=skipped, has_labels=src.labels is not None,
-            sha256=_sha256(images_path),
+            sha256=sha256_file(images_path),
         )
         meta = {
             "format": FORMAT_NAME, "version": FORMAT_VERSION, "resolution": resolution, "channels": channels,

@@ -59,14 +59,6 @@ def resolve_model_dir(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def read_model_json(model_dir: Path) -> dict[str, Any]:
     cfg_path = model_dir / CONFIG_NAME
     if not cfg_path.is_file():

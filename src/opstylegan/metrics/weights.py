@@ -31,15 +31,16 @@ import importlib.machinery
 import importlib.util
 import os
 import pickle
-import tempfile
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from opstylegan.io.atomic import atomic_write, sha256_file
 
 __all__ = [
     "INCEPTION_SHA256",
@@ -140,15 +141,6 @@ def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path.home() / ".cache" / "opstylegan"
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify_sha256(path: str | os.PathLike[str], expected: str) -> None:
     """Raise :class:`WeightsIntegrityError` unless ``path`` hashes to ``expected`` (hex sha256)."""
     actual = sha256_file(path)
@@ -175,19 +167,6 @@ def find_package_dir(module: str, search_path: Sequence[str | os.PathLike[str]] 
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(next(iter(spec.submodule_search_locations)))
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Atomically create ``path``: call ``write(tmp)`` on a temp file next to ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _download_allowed() -> bool:
