@@ -23,7 +23,7 @@ Examples:
 
 # Options that define a run; with --resume they come from the run's config.json instead.
 _RUN_OPTIONS = ("data", "outdir", "overparam", "preset", "batch", "gamma", "snap", "tick", "seed", "aug", "mirror",
-                "fp32", "workers", "lr")
+                "fp32", "workers", "lr", "fid_num")
 
 
 @click.command(name="train", epilog=EPILOG, context_settings={"show_default": True})
@@ -52,13 +52,16 @@ _RUN_OPTIONS = ("data", "outdir", "overparam", "preset", "batch", "gamma", "snap
 @click.option("--fp32", is_flag=True, help="No fp16 in the highest-resolution blocks (CUDA mixed precision off).")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Data-loading processes [default: 3 on CUDA, 0 on CPU].")
+@click.option("--fid-num", type=click.IntRange(min=0), default=0,
+              help="At every snapshot, FID of G_ema on this many generated images against the training set "
+                   "(Inception, real statistics cached); keeps network-best/ and metrics.jsonl. 0 = off.")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Continue the run in this folder from its newest complete training state.")
 @device_option
 @click.pass_context
 def command(ctx: click.Context, data: Path | None, outdir: Path, overparam: bool, preset: str, kimg: float | None,
             batch: int | None, gamma: float | None, lr: float | None, snap: int, tick: float, seed: int, aug: str,
-            mirror: bool, fp32: bool, workers: int | None, resume: Path | None, device: str) -> None:
+            mirror: bool, fp32: bool, workers: int | None, fid_num: int, resume: Path | None, device: str) -> None:
     """Train a StyleGAN2 (baseline) or the overparameterized StyleGAN2 on a dataset.
 
     Writes into one run folder: config.json (resolved), log.txt, stats.jsonl (one line per tick), reals.png,
@@ -89,7 +92,7 @@ def command(ctx: click.Context, data: Path | None, outdir: Path, overparam: bool
             cfg = TrainConfig(data=str(data), preset=preset, overparam=overparam, kimg=kimg or 25000.0, batch=batch,
                               gamma=gamma, lr=lr, snap=snap, tick_kimg=tick, seed=seed, aug=aug, mirror=mirror,
                               fp32=fp32, workers=workers if workers is not None else
-                              (3 if info.device.type == "cuda" else 0))
+                              (3 if info.device.type == "cuda" else 0), fid_num=fid_num)
         result = train(cfg, outdir=outdir, resume=resume, kimg=kimg if resume is not None else None, info=info,
                        progress=ui.progress, callback=ui.callback)
     except TrainingDiverged as e:
@@ -176,6 +179,10 @@ class _ConsoleUI:
                 self.tb.flush()
         elif event == "snapshot":
             self.log(f"snapshot kimg {data['kimg']:.3f}: {Path(data['network']).name}, {Path(data['state']).name}")
+            if "fid" in data:
+                fid = data["fid"]
+                self.log(f"FID {fid['fid']:.3f} ({fid['num_fake']} generated vs {fid['num_real']} real)"
+                         f"{' -> network-best' if fid['best'] else ''}")
 
     def _open_tensorboard(self) -> None:
         try:

@@ -71,6 +71,8 @@ class TrainConfig(_Config):
     grid_size: int = 32
     seed: int = 0
     workers: int = 2
+    fid_num: int = 0
+    fid_real_num: int = 50000
     generator: dict[str, Any] | None = None
     discriminator: dict[str, Any] | None = None
 
@@ -93,7 +95,7 @@ class TrainConfig(_Config):
             v = getattr(self, k)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ConfigError(f"TrainConfig: {k} must be an int >= 1, got {v!r}")
-        for k in ("seed", "workers"):
+        for k in ("seed", "workers", "fid_num", "fid_real_num"):
             v = getattr(self, k)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ConfigError(f"TrainConfig: {k} must be an int >= 0, got {v!r}")
@@ -109,6 +111,9 @@ class TrainConfig(_Config):
         b1, b2 = self.adam_betas if len(self.adam_betas) == 2 else (None, None)
         if b1 is None or not (0 <= b1 < 1 and 0 <= b2 < 1):
             raise ConfigError(f"TrainConfig: adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
+        if self.fid_num == 1 or (self.fid_num and self.fid_real_num < 2):
+            raise ConfigError(f"TrainConfig: FID needs at least 2 generated and 2 real images, got fid_num="
+                              f"{self.fid_num}, fid_real_num={self.fid_real_num}")
         if self.batch is not None and self.batch < 2:
             raise ConfigError(f"TrainConfig: batch must be >= 2 (path-length batch shrink), got {self.batch!r}")
 

@@ -45,6 +45,7 @@ from opstylegan.training.distributed import (
     sync_grads,
 )
 from opstylegan.training.ema import ema_beta, update_ema
+from opstylegan.training.snapshot_fid import SnapshotFID
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 CallbackFn = Callable[[str, dict[str, Any]], None]
@@ -137,6 +138,10 @@ class Trainer:
         self.batch_idx = 0
         self.cur_tick = 0
         self._tick_sums: dict[str, list[float]] = {k: [] for k in LOSS_TERMS}
+        self.fid: SnapshotFID | None = None
+        if cfg.fid_num > 0 and self.info.is_main:
+            self.fid = SnapshotFID(self.dataset, cfg.data, num_fake=cfg.fid_num, num_real=cfg.fid_real_num,
+                                   batch_size=self.batch_gpu, device=self.device)
 
     # -- one step ---------------------------------------------------------------------------------------
     def _run_D(self, img: torch.Tensor) -> torch.Tensor:
@@ -243,6 +248,7 @@ class Trainer:
             "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
             "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
             "pl_mean": self.pl_mean.detach().cpu(),
+            "best_fid": self.fid.best_fid if self.fid is not None else math.inf,
             "sampler": self._sampler().state_dict(),
             "ranks": rank_states if rank_states is not None else [self.rank_state()],
         }
@@ -261,6 +267,8 @@ class Trainer:
         self.opt_D.load_state_dict(state["opt_D"])
         self.pl_mean = state["pl_mean"].to(self.device)
         self.cur_nimg, self.batch_idx, self.cur_tick = state["cur_nimg"], state["batch_idx"], state["cur_tick"]
+        if self.fid is not None:
+            self.fid.best_fid = float(state.get("best_fid", math.inf))
         try:  # the same data in the same order: refuses a dataset that changed size since the state was saved
             self._sampler().load_state_dict(state["sampler"])
         except ValueError as e:
@@ -379,7 +387,8 @@ class Trainer:
         save_grid(run_dir / "reals.png", images, ncols=_grid_cols(n))
 
     def snapshot(self, run_dir: Path | None) -> dict[str, Any]:
-        """Writes network-<kimg>/ (G_ema), network-latest/, fakes-<kimg>.png and state-<kimg>.pt (rank 0)."""
+        """Writes network-<kimg>/ (G_ema), network-latest/, fakes-<kimg>.png and state-<kimg>.pt (rank 0);
+        with cfg.fid_num, also the snapshot's FID (metrics.jsonl) and network-best/."""
         rank_states = gather_objects(self.rank_state(), self.info)
         info: dict[str, Any] = {}
         if run_dir is not None and self.info.is_main:
@@ -387,12 +396,16 @@ class Trainer:
             meta = {"kimg": self.cur_nimg / 1000, "step": self.batch_idx, "training_config": self.cfg.to_json_dict()}
             network = self.G_ema.save_pretrained(run_dir / f"network-{tag}", metadata=meta)
             self._write_fakes(run_dir / f"fakes-{tag}.png")
+            # FID before the state is saved, so that the state's best_fid includes this snapshot.
+            fid = self.fid.at_snapshot(run_dir, self.G_ema, self.cur_nimg / 1000, network.name) if self.fid else None
             state = S.save_state(S.state_path(run_dir, self.cur_nimg), self.state_dict(rank_states))  # type: ignore[arg-type]
             self.G_ema.save_pretrained(run_dir / "network-latest", metadata=meta)
             write_text(run_dir / "latest.json", json.dumps(
                 {"kimg": self.cur_nimg / 1000, "network": network.name, "state": state.name}, indent=2) + "\n")
             S.prune_states(run_dir, keep=2)
             info = {"kimg": self.cur_nimg / 1000, "network": str(network), "state": str(state)}
+            if fid is not None:
+                info["fid"] = fid
         barrier(self.info)
         return info
 
