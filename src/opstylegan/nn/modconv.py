@@ -82,9 +82,10 @@ def modulated_conv2d(
         x = conv2d_resample(x, weight, resample_filter, up=up, padding=padding)
         return x * dcoefs[:, :, None, None] if dcoefs is not None else x
 
-    wm = weight[None] * styles[:, :, :, None, None]  # [B, O, I, k, k]
-    if dcoefs is not None:
-        wm = wm * dcoefs[:, :, None, None, None]
+    # Fold demodulation into the style first ([B, O, I], small), so the big [B, O, I, k, k] tensor is made
+    # by ONE multiplication (and its backward is one op too).
+    coefs = styles * dcoefs[:, :, None] if dcoefs is not None else styles
+    wm = weight[None] * coefs[:, :, :, None, None]  # [B, O, I, k, k]
     # Grouped convolution: one group per sample. [B, I, H, W] -> [1, B*I, H, W]; weights -> [B*O, I, k, k].
     x = x.reshape(1, b * i, h, w_)
     wm = wm.reshape(b * o, i, kh, kw)
