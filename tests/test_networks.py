@@ -209,3 +209,19 @@ def test_float64_networks_for_exact_checks():
     assert W.dtype == img.dtype == torch.float64
     D = Discriminator(tiny_d()).double()
     assert D(img).dtype == torch.float64
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_runs_and_stays_close(dtype):
+    """Mixed precision through torch.autocast (bf16 / fp16): forward, D, and backward work."""
+    G = Generator(tiny(True, channels=3))
+    D = Discriminator(tiny_d(channels=3))
+    z = G.sample_z(2, seed=0)
+    ref = G(z).detach()
+    with torch.autocast("cpu", dtype=dtype):
+        img = G(z)
+        logits = D(img)
+    assert torch.isfinite(img).all() and torch.isfinite(logits).all()
+    assert (img.float() - ref).abs().max() < 0.2  # bf16 has 8 bits of mantissa
+    logits.float().sum().backward()
+    assert G._synthesis.blocks[0].conv1.weight.grad is not None
