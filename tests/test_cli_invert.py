@@ -61,6 +61,13 @@ def test_invert_two_spaces_skips_the_broken_image(setup):
     assert rows[0] == "step,w+_q1,w+_median,w+_q3,W_q1,W_median,W_q3" and len(rows) == 4
     assert (out / "lpips_per_image.csv").read_text().splitlines()[0].count(",") == 6
     assert Image.open(out / "lpips_curves.png").size[0] > 100
+    # comparison.png: 3 rows (one per image) of target | w+ | W, 1-pixel padding around every cell.
+    comp = np.asarray(Image.open(out / "comparison.png"))
+    assert comp.shape == (3 * 33 + 1, 3 * 32 + 2, 3) and s["comparison"] == "comparison.png"
+    pair = np.asarray(Image.open(out / "W-matrix" / "a_pair.png"))
+    assert np.array_equal(comp[1:33, 1:33], pair[:, :32])  # first row starts with image a's target
+    assert np.array_equal(comp[1:33, 65:97], pair[:, 32:])  # ... and ends with its W reconstruction
+    assert "space  LPIPS median" in r.output and "comparison.png" in r.output
     other = Generator(tiny(True, channels=3))
     with pytest.raises(LatentFileError, match="another model"):
         load_latent(out / "W-matrix" / "a.safetensors", other)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 
@@ -137,6 +138,13 @@ def command(model, images, spaces, outdir, steps, lr, beta1, beta2, loss, mse_we
         return
     if summary["inverted"] == 0:
         raise click.ClickException(f"none of the {len(items)} image(s) could be read; nothing was inverted")
-    medians = ", ".join(f"{s} {r['lpips']['median']:.4f}" for s, r in summary["results"].items())
     skipped = f", skipped {len(summary['skipped'])}" if summary["skipped"] else ""
-    click.echo(f"inverted {summary['inverted']} image(s){skipped}; median LPIPS: {medians}; wrote {outdir}")
+    click.echo(f"inverted {summary['inverted']} image(s){skipped} in {', '.join(summary['results'])}")
+    click.echo(f"{'space':6s} {'LPIPS median':>12s} {'Q1':>7s} {'Q3':>7s} {'PSNR median':>12s}")
+    for s, r in summary["results"].items():
+        q = r["lpips"]
+        click.echo(f"{s:6s} {q['median']:12.4f} {q['q1']:7.4f} {q['q3']:7.4f} {r['psnr']['median']:10.2f} dB")
+    out = Path(outdir)
+    click.echo(f"wrote {out}/: {summary.get('comparison', '')} (targets | each space), "
+               f"{summary.get('curves', {}).get('plot', '')} (LPIPS per step, fig. 6), summary.json, "
+               f"and per space a folder of latents and reconstructions")

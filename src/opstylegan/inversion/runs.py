@@ -31,7 +31,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from opstylegan.data.images import ImageError, ImageFiles, center_crop_resize, from_tensor, load_image, save_image
+from opstylegan.data.images import (
+    ImageError,
+    ImageFiles,
+    center_crop_resize,
+    from_tensor,
+    load_image,
+    save_grid,
+    save_image,
+)
 from opstylegan.data.images import to_tensor as image_to_tensor
 from opstylegan.inversion.curves import plot_lpips_curves, write_curves_csv, write_per_image_csv
 from opstylegan.inversion.latents_io import save_latent
@@ -313,5 +321,37 @@ def write_summary(out: Path, partials: Sequence[dict[str, Any]], *, spaces: Sequ
         plot_lpips_curves(out / "lpips_curves.png", curves)
         summary["curves"] = {"csv": "lpips_curves.csv", "per_image_csv": "lpips_per_image.csv",
                              "plot": "lpips_curves.png"}
+    if results:
+        write_comparison(out / COMPARISON_NAME, results, spaces)
+        summary["comparison"] = COMPARISON_NAME
     write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+COMPARISON_NAME = "comparison.png"
+COMPARISON_MAX_ROWS = 16
+
+
+def write_comparison(path: Path, results: dict[str, Any], spaces: Sequence[str]) -> None:
+    """One row per image (the first 16): target | reconstruction in each space, in the order asked.
+
+    Made from the `_pair.png` files already written (their left half is the prepared target).
+    """
+    out = path.parent
+    names = list(results[spaces[0]]["per_image"])[:COMPARISON_MAX_ROWS]
+    rows = []
+    for name in names:
+        cells = []
+        for k, s in enumerate(spaces):
+            rec = results[s]["per_image"].get(name)
+            if rec is None:  # an image missing from a space (cannot happen in one run; be safe)
+                break
+            pair = load_image(out / rec["pair"])  # [H, 2W, C]
+            w = pair.shape[1] // 2
+            if k == 0:
+                cells.append(pair[:, :w])  # the target
+            cells.append(pair[:, w:])
+        if len(cells) == len(spaces) + 1:
+            rows.append(np.concatenate(cells, axis=1))
+    if rows:
+        save_grid(path, np.stack(rows), ncols=1, padding=1)
