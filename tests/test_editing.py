@@ -374,3 +374,18 @@ def test_non_injectivity_two_random_solutions(G_over, lpips):
     assert calls["init"] == "random" and calls["reg_strength"] == 1.0 and calls["reg_until"] == 0.0  # fig. 11
     assert calls["seed"] == [3, 5, 4, 6] and calls["n"] == 4 and calls["steps"] == 5
     assert out.seeds.tolist() == [[3, 4], [5, 6]] and float(out.lpips_a_b.abs().max()) == 0
+
+
+def test_reference_batches_accept_a_built_dataset(tmp_path):
+    """`interpolate metrics --reference data/fmnist32` (an `opstylegan dataset` folder) reads its images as is."""
+    from opstylegan.data import build_dataset, write_idx
+    from opstylegan.editing.editability import reference_batches
+
+    pixels = (np.random.default_rng(0).random((5, 32, 32)) * 255).astype(np.uint8)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte", pixels)
+    build_dataset(tmp_path / "t10k-images-idx3-ubyte", tmp_path / "ds", resolution=32, channels=1, fit="pad")
+    batches = list(reference_batches(tmp_path / "ds", resolution=32, channels=1, batch_size=2, max_items=4))
+    assert [b.shape[0] for b in batches] == [2, 2]
+    assert torch.equal(torch.cat(batches)[:, 0], torch.from_numpy(pixels[:4]))
+    with pytest.raises(ValueError, match="has 1-channel 32x32 images; the model makes 3-channel 32x32"):
+        list(reference_batches(tmp_path / "ds", resolution=32, channels=3))

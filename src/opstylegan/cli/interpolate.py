@@ -191,7 +191,8 @@ def paths_command(model, latents_opt, latents_args, all_pairs, steps, max_pairs,
 @latents_option
 @latents_argument
 @click.option("--reference", type=click.Path(exists=True), required=True,
-              help="Real images (folder, zip) or their Inception statistics (.npz) for the midpoint FID.")
+              help="Real images (an `opstylegan dataset` folder, a folder or zip of images) or their Inception "
+                   "statistics (.npz) for the midpoint FID.")
 @click.option("--segments", type=click.IntRange(1, 100), default=5, show_default=True,
               help="Segments per path for the perceptual length (the paper: 5).")
 @click.option("--max-pairs", type=click.IntRange(1), default=None,

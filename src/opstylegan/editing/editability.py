@@ -223,15 +223,27 @@ def _path_lengths(lpips: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 def reference_batches(source: str | os.PathLike[str], *, resolution: int, channels: int, batch_size: int = 32,
                       max_items: int | None = None) -> Iterator[torch.Tensor]:
-    """uint8 batches ``[B, C, H, W]`` of a folder / zip / image file, center-cropped and resized (Lanczos) to
-    ``resolution`` with ``channels`` channels, as the generator's images are.
+    """uint8 batches ``[B, C, H, W]`` of a dataset built by ``opstylegan dataset`` (used as is; its size must be the
+    model's), or of a folder / zip / image file, center-cropped and resized (Lanczos) to ``resolution`` with
+    ``channels`` channels, as the generator's images are.
 
     Raises:
         FileNotFoundError: ``source`` does not exist or holds no image.
         opstylegan.data.images.ImageError: An image is unreadable or smaller than ``resolution``.
     """
+    from opstylegan.data.build import META_FILE
+    from opstylegan.data.dataset import ImageDataset
     from opstylegan.data.images import ImageFiles, center_crop_resize
 
+    if (Path(source) / META_FILE).is_file():  # a training set built by `opstylegan dataset`
+        ds = ImageDataset(source)
+        if (ds.resolution, ds.num_channels) != (resolution, channels):
+            raise ValueError(f"reference dataset {str(source)!r} has {ds.num_channels}-channel {ds.resolution}x"
+                             f"{ds.resolution} images; the model makes {channels}-channel {resolution}x{resolution}")
+        count = len(ds) if max_items is None else min(len(ds), max_items)
+        for start in range(0, count, batch_size):
+            yield torch.stack([ds[i] for i in range(start, min(count, start + batch_size))])  # uint8 [B, C, H, W]
+        return
     files = ImageFiles(source)
     count = len(files) if max_items is None else min(len(files), max_items)
     if count == 0:
