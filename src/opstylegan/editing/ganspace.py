@@ -33,6 +33,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from opstylegan.io.atomic import write_bytes, write_text
+from opstylegan.io.checkpoint import safetensors_metadata
 from opstylegan.latent import broadcast, check_space
 
 if TYPE_CHECKING:
@@ -187,8 +188,7 @@ def load_ganspace(path: str | os.PathLike[str], G: Generator | None = None) -> G
     blob = p.read_bytes()
     try:
         tensors = st_load(blob)
-        n = int.from_bytes(blob[:8], "little")
-        meta = dict(json.loads(blob[8:8 + n].decode("utf-8")).get("__metadata__") or {})
+        meta = safetensors_metadata(blob)
     except (SafetensorError, ValueError, UnicodeDecodeError) as e:
         raise GANSpaceError(f"{str(p)!r} is not a readable safetensors file: {e}") from None
     need = {"components", "mean", "std", "explained_variance_ratio"}

@@ -28,6 +28,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from opstylegan.io.atomic import write_bytes
+from opstylegan.io.checkpoint import safetensors_metadata
 from opstylegan.latent import SPACES
 
 if TYPE_CHECKING:
@@ -80,15 +81,6 @@ def save_latent(path: str | os.PathLike[str], latent: torch.Tensor, *, space: st
     return Path(path)
 
 
-def _read_metadata(blob: bytes) -> dict[str, str]:
-    # safetensors layout: u64 little-endian header length, then a JSON header holding "__metadata__".
-    import json
-
-    n = int.from_bytes(blob[:8], "little")
-    header = json.loads(blob[8:8 + n].decode("utf-8"))
-    return dict(header.get("__metadata__") or {})
-
-
 def load_latent(path: str | os.PathLike[str], G: Generator | None = None, *,
                 device: torch.device | str = "cpu") -> LatentFile:
     """Read a latent file; with ``G``, refuse it unless it was made for exactly this model.
@@ -104,7 +96,7 @@ def load_latent(path: str | os.PathLike[str], G: Generator | None = None, *,
     blob = p.read_bytes()
     try:
         tensors = st_load(blob)
-        meta = _read_metadata(blob)
+        meta = safetensors_metadata(blob)
     except (SafetensorError, ValueError, UnicodeDecodeError) as e:
         raise LatentFileError(f"{str(p)!r} is not a readable safetensors latent file: {e}") from None
     if meta.get("format") != LATENT_FORMAT or "latent" not in tensors:

@@ -78,6 +78,14 @@ def read_model_json(model_dir: Path) -> dict[str, Any]:
     return meta
 
 
+def safetensors_metadata(blob: bytes) -> dict[str, str]:
+    """The string metadata of a safetensors file's bytes (its layout: u64 little-endian header length, then a
+    JSON header holding "__metadata__"). Raises ValueError / UnicodeDecodeError on a malformed header."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8:8 + n].decode("utf-8"))
+    return dict(header.get("__metadata__") or {})
+
+
 def state_fingerprint(module: torch.nn.Module, config: dict[str, Any]) -> str:
     """sha256 of the config and the float32 weights: identifies a model whatever dtype it was stored in."""
     h = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
