@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,12 +115,6 @@ class _Bar:
             self.bar.close()
 
 
-def _dataset_batches(ds: Any, count: int, batch: int) -> Iterator[torch.Tensor]:
-    """uint8 batches ``[B, C, H, W]`` of the first ``count`` images of ``ds``."""
-    for start in range(0, count, batch):
-        yield torch.stack([ds[i] for i in range(start, min(start + batch, count))])
-
-
 def _run(bar: _Bar, fn: Callable[[], Any]) -> Any:
     try:
         return fn()
@@ -202,6 +196,7 @@ def command(model: str, data: str | None, metric_names: list[str], num: int, num
     """
     import opstylegan
     from opstylegan.data.build import DatasetError
+    from opstylegan.data.dataset import dataset_batches
     from opstylegan.data.images import ImageError
     from opstylegan.metrics.fid import (
         cached_dataset_stats,
@@ -265,7 +260,7 @@ def command(model: str, data: str | None, metric_names: list[str], num: int, num
         real_bar = _Bar("real images", n_real)
         try:
             real = _run(real_bar, lambda: cached_dataset_stats(
-                data_hash, lambda: _dataset_batches(ds, n_real, batch), detector, cache_dir=cache_dir,
+                data_hash, lambda: dataset_batches(ds, n_real, batch), detector, cache_dir=cache_dir,
                 max_items=None if n_real == len(ds) else n_real, capture_features=want_kid, progress=real_bar))
         except (DatasetError, ImageError) as e:
             raise click.ClickException(f"cannot read --data {data}: {e}") from None

@@ -8,7 +8,7 @@ from opstylegan.data.build import (
     fit_image,
     read_metadata,
 )
-from opstylegan.data.dataset import ImageDataset, InfiniteSampler, open_dataset
+from opstylegan.data.dataset import ImageDataset, InfiniteSampler, dataset_batches, open_dataset
 from opstylegan.data.idx import IDXError, read_idx, write_idx
 from opstylegan.data.images import (
     IMAGE_EXTENSIONS,
@@ -41,6 +41,7 @@ __all__ = [
     "list_images",
     "load_image",
     "make_grid",
+    "dataset_batches",
     "open_dataset",
     "read_idx",
     "read_metadata",

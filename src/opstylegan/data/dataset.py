@@ -178,6 +178,12 @@ def open_dataset(path: PathLike, **kwargs: Any) -> ImageDataset:
     return ImageDataset(path, **kwargs)
 
 
+def dataset_batches(ds: Dataset, count: int, batch_size: int) -> Iterator[torch.Tensor]:
+    """uint8 batches ``[B, C, H, W]`` of the first ``count`` images of ``ds``, in order (for feature statistics)."""
+    for start in range(0, count, batch_size):
+        yield torch.stack([ds[i] for i in range(start, min(start + batch_size, count))])
+
+
 class InfiniteSampler(Sampler[int]):
     """Endless stream of dataset indices, shuffled per epoch, sharded across ranks, resumable.
 

@@ -232,7 +232,7 @@ def reference_batches(source: str | os.PathLike[str], *, resolution: int, channe
         opstylegan.data.images.ImageError: An image is unreadable or smaller than ``resolution``.
     """
     from opstylegan.data.build import META_FILE
-    from opstylegan.data.dataset import ImageDataset
+    from opstylegan.data.dataset import ImageDataset, dataset_batches
     from opstylegan.data.images import ImageFiles, center_crop_resize
 
     if (Path(source) / META_FILE).is_file():  # a training set built by `opstylegan dataset`
@@ -240,9 +240,7 @@ def reference_batches(source: str | os.PathLike[str], *, resolution: int, channe
         if (ds.resolution, ds.num_channels) != (resolution, channels):
             raise ValueError(f"reference dataset {str(source)!r} has {ds.num_channels}-channel {ds.resolution}x"
                              f"{ds.resolution} images; the model makes {channels}-channel {resolution}x{resolution}")
-        count = len(ds) if max_items is None else min(len(ds), max_items)
-        for start in range(0, count, batch_size):
-            yield torch.stack([ds[i] for i in range(start, min(count, start + batch_size))])  # uint8 [B, C, H, W]
+        yield from dataset_batches(ds, len(ds) if max_items is None else min(len(ds), max_items), batch_size)
         return
     files = ImageFiles(source)
     count = len(files) if max_items is None else min(len(files), max_items)

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from opstylegan.data.dataset import ImageDataset
+from opstylegan.data.dataset import ImageDataset, dataset_batches
 from opstylegan.io.atomic import write_text
 from opstylegan.metrics.fid import (
     Detector,
@@ -51,16 +51,12 @@ class SnapshotFID:
         self._detector: Detector | None = None
         self._real: FeatureStats | None = None
 
-    def _real_batches(self) -> Iterator[torch.Tensor]:
-        for i in range(0, self.num_real, self.batch_size):
-            idx = range(i, min(i + self.batch_size, self.num_real))
-            yield torch.stack([self.dataset[j] for j in idx])  # uint8 [B, C, H, W]
-
     def measure(self, G_ema: Generator) -> dict[str, Any]:
         if self._detector is None:
             self._detector = self.detector_factory(self.device)
         if self._real is None:
-            self._real = cached_dataset_stats(dataset_content_hash(self.data_path), self._real_batches,
+            self._real = cached_dataset_stats(dataset_content_hash(self.data_path),
+                                              lambda: dataset_batches(self.dataset, self.num_real, self.batch_size),
                                               self._detector, max_items=self.num_real)
         fake = compute_generator_stats(G_ema, self._detector, self.num_fake, batch_size=self.batch_size,
                                        seed=0, device=self.device)
