@@ -58,18 +58,28 @@ def test_r1_penalty_is_squared_input_gradient():
     assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
+@pytest.mark.parametrize("mode", ["sum", "mean"])
 @pytest.mark.parametrize("rows", [1, 5])
-def test_path_length_formula(rows):
+def test_path_length_formula(rows, mode):
     # img = <A, ws> per pixel: the gradient of <img, y> w.r.t. ws is A y, known in closed form.
     B, Lw, C, H = 3, 4, 6, 4
     A = torch.randn(Lw, rows, C, H * H)
     ws = torch.randn(B, Lw, rows, C, requires_grad=True)
     img = torch.einsum("blrc,lrcp->bp", ws, A).reshape(B, 1, H, H)  # [B, H*W] -> [B, 1, H, W]
-    lengths = L.path_lengths(img, ws, generator=torch.Generator().manual_seed(3))
+    lengths = L.path_lengths(img, ws, rows=mode, generator=torch.Generator().manual_seed(3))
     y = torch.randn(img.shape, generator=torch.Generator().manual_seed(3)) / H  # noise / sqrt(H*W)
     g = torch.einsum("lrcp,bp->blrc", A, y.reshape(B, -1))
-    expect = g.square().sum(dim=3).mean(dim=[1, 2]).sqrt()  # sum over C, mean over layers AND rows
+    if mode == "sum":  # each layer's rows x C matrix is its latent: sum over rows AND C, mean over layers
+        expect = g.square().sum(dim=[2, 3]).mean(dim=1).sqrt()
+    else:  # the pre-0.2 formula: rows averaged like layers
+        expect = g.square().sum(dim=3).mean(dim=[1, 2]).sqrt()
     torch.testing.assert_close(lengths.detach(), expect)
+
+
+def test_path_length_rows_option_is_checked():
+    ws = torch.randn(1, 1, 1, 2, requires_grad=True)
+    with pytest.raises(ValueError, match="rows must be one of"):
+        L.path_lengths(ws.sum().reshape(1, 1, 1, 1), ws, rows="max")
 
 
 def test_pl_mean_update_and_penalty():

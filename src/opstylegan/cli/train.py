@@ -23,7 +23,7 @@ Examples:
 
 # Options that define a run; with --resume they come from the run's config.json instead.
 _RUN_OPTIONS = ("data", "outdir", "overparam", "preset", "batch", "gamma", "snap", "tick", "seed", "aug", "mirror",
-                "fp32", "workers", "lr", "fid_num")
+                "fp32", "workers", "lr", "fid_num", "pl_rows", "pl_weight", "style_mixing")
 
 
 @click.command(name="train", epilog=EPILOG, context_settings={"show_default": True})
@@ -55,13 +55,19 @@ _RUN_OPTIONS = ("data", "outdir", "overparam", "preset", "batch", "gamma", "snap
 @click.option("--fid-num", type=click.IntRange(min=0), default=0,
               help="At every snapshot, FID of G_ema on this many generated images against the training set "
                    "(Inception, real statistics cached); keeps network-best/ and metrics.jsonl. 0 = off.")
+@click.option("--pl-weight", type=click.FloatRange(min=0), default=2.0, help="Path-length regularizer weight; 0 = off.")
+@click.option("--pl-rows", type=click.Choice(["sum", "mean"]), default="sum",
+              help="Path length of a latent matrix: 'sum' = each layer's R x C matrix is its latent (the baseline's "
+                   "formula); 'mean' = rows averaged like extra layers (pre-0.2 runs; ~sqrt(R) smaller, for ablations).")
+@click.option("--style-mixing", type=click.FloatRange(0, 1), default=0.9, help="Style-mixing probability.")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Continue the run in this folder from its newest complete training state.")
 @device_option
 @click.pass_context
 def command(ctx: click.Context, data: Path | None, outdir: Path, overparam: bool, preset: str, kimg: float | None,
             batch: int | None, gamma: float | None, lr: float | None, snap: int, tick: float, seed: int, aug: str,
-            mirror: bool, fp32: bool, workers: int | None, fid_num: int, resume: Path | None, device: str) -> None:
+            mirror: bool, fp32: bool, workers: int | None, fid_num: int, pl_weight: float, pl_rows: str,
+            style_mixing: float, resume: Path | None, device: str) -> None:
     """Train a StyleGAN2 (baseline) or the overparameterized StyleGAN2 on a dataset.
 
     Writes into one run folder: config.json (resolved), log.txt, stats.jsonl (one line per tick), reals.png,
@@ -92,7 +98,8 @@ def command(ctx: click.Context, data: Path | None, outdir: Path, overparam: bool
             cfg = TrainConfig(data=str(data), preset=preset, overparam=overparam, kimg=kimg or 25000.0, batch=batch,
                               gamma=gamma, lr=lr, snap=snap, tick_kimg=tick, seed=seed, aug=aug, mirror=mirror,
                               fp32=fp32, workers=workers if workers is not None else
-                              (3 if info.device.type == "cuda" else 0), fid_num=fid_num)
+                              (3 if info.device.type == "cuda" else 0), fid_num=fid_num,
+                              pl_weight=pl_weight, pl_rows=pl_rows, style_mixing_prob=style_mixing)
         result = train(cfg, outdir=outdir, resume=resume, kimg=kimg if resume is not None else None, info=info,
                        progress=ui.progress, callback=ui.callback)
     except TrainingDiverged as e:

@@ -15,6 +15,7 @@ from typing import Any
 from opstylegan.config import PRESET_NAMES, ConfigError, DiscriminatorConfig, GeneratorConfig, _Config, preset
 
 AUG_MODES = ("ada", "noaug")
+PL_ROWS = ("sum", "mean")  # training.loss.path_lengths: how the rows of a latent matrix enter the length
 
 
 def auto_batch(img_resolution: int, gpus: int = 1) -> int:
@@ -37,6 +38,10 @@ class TrainConfig(_Config):
     """A training run. None means "derive it" (see `resolve`); after resolve() nothing is None but
     `resume_from`-like runtime choices, which are not part of the config.
 
+    pl_rows: how the path-length regularizer reduces the squared gradient over the rows of a latent matrix
+    ("sum", the default, or "mean", the formula of runs made before it existed; see
+    `training.loss.path_lengths`). No effect on baselines (one row).
+
     kimg: total length in thousands of real images shown to D. tick_kimg: one stats line (and progress
     report) per this many kimg. snap: network + training-state snapshot (and fakes grid) every this many
     ticks, and always at the end.
@@ -56,6 +61,7 @@ class TrainConfig(_Config):
     pl_interval: int = 4
     pl_batch_shrink: int = 2
     pl_decay: float = 0.01
+    pl_rows: str = "sum"
     style_mixing_prob: float = 0.9
     ema_kimg: float | None = None
     ema_rampup: float | None = 0.05
@@ -81,6 +87,10 @@ class TrainConfig(_Config):
             object.__setattr__(self, "adam_betas", tuple(self.adam_betas))
         if self.preset not in PRESET_NAMES:
             raise ConfigError(f"TrainConfig: preset must be one of {list(PRESET_NAMES)}, got {self.preset!r}")
+        if self.pl_rows not in PL_ROWS:
+            raise ConfigError(f"TrainConfig: pl_rows must be one of {list(PL_ROWS)} ('sum': each layer's R x C "
+                              f"matrix is its latent; 'mean': the pre-0.2 formula, ~sqrt(R) too small), "
+                              f"got {self.pl_rows!r}")
         if self.aug not in AUG_MODES:
             raise ConfigError(f"TrainConfig: aug must be one of {list(AUG_MODES)}, got {self.aug!r}")
         for k in ("overparam", "mirror", "fp32"):

@@ -174,7 +174,9 @@ class Trainer:
         if reals.shape[0] != b:
             raise ValueError(f"train_step expects {b} real images on this rank, got {reals.shape[0]}")
 
-        # G main: non-saturating loss; this pass updates w_avg.
+        # w_avg follows the mapping's output whenever it runs on a training latent: in G main, G reg and D main,
+        # as stylegan2-ada's mapping does in training mode (~2.25 updates per step; the mixing latent never).
+        # G main: non-saturating loss.
         self._phase(self.G, self.opt_G)
         fake = self.G.synthesis_ws(self._sample_ws(b, update_emas=True))
         loss = L.g_nonsaturating_loss(self._run_D(fake))
@@ -186,9 +188,10 @@ class Trainer:
         if self.pl_enabled and self.batch_idx % cfg.pl_interval == 0:
             self._phase(self.G, self.opt_G)
             n = max(b // cfg.pl_batch_shrink, 1)
-            ws = self._sample_ws(n)
+            ws = self._sample_ws(n, update_emas=True)
+            self._sync_w_avg()
             img = self.G.synthesis_ws(ws)
-            lengths = L.path_lengths(img, ws, generator=self.gen)
+            lengths = L.path_lengths(img, ws, rows=cfg.pl_rows, generator=self.gen)
             self.pl_mean = L.update_pl_mean(self.pl_mean, mean_over_ranks(lengths.mean(), self.info), cfg.pl_decay)
             penalty = L.path_length_penalty(lengths, self.pl_mean)
             # The `img[:, 0, 0, 0] * 0` term keeps every G parameter in the graph (as stylegan2-ada).
@@ -199,7 +202,8 @@ class Trainer:
         # D main: logistic loss on (augmented) fakes and reals; ADA watches sign(D(real)).
         self._phase(self.D, self.opt_D)
         with torch.no_grad():
-            fake = self.G.synthesis_ws(self._sample_ws(b))
+            fake = self.G.synthesis_ws(self._sample_ws(b, update_emas=True))
+        self._sync_w_avg()
         fake_logits = self._run_D(fake)
         real_logits = self._run_D(reals)
         if self.ada is not None:
@@ -430,9 +434,13 @@ def read_run_config(run_dir: str | os.PathLike[str]) -> TrainConfig:
     if not path.is_file():
         raise FileNotFoundError(f"{str(path)!r} not found: is {str(run_dir)!r} a run folder of `opstylegan train`?")
     try:
-        return TrainConfig.from_dict(json.loads(path.read_text("utf-8")))
+        d = json.loads(path.read_text("utf-8"))
     except json.JSONDecodeError as e:
         raise S.StateError(f"{str(path)!r} is not valid JSON: {e}") from None
+    if isinstance(d, dict) and "pl_rows" not in d:
+        # Written before pl_rows existed: those runs averaged the path length over rows; resume them as such.
+        d = {**d, "pl_rows": "mean"}
+    return TrainConfig.from_dict(d)
 
 
 def _trim_stats(run_dir: Path, cur_nimg: int) -> None:

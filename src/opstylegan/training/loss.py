@@ -33,19 +33,34 @@ def d_r1_penalty(real_logits: torch.Tensor, real_img: torch.Tensor) -> torch.Ten
     return grad.square().sum(dim=[1, 2, 3])
 
 
-def path_lengths(img: torch.Tensor, ws: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+PL_ROWS = ("sum", "mean")
+
+
+def path_lengths(img: torch.Tensor, ws: torch.Tensor, *, rows: str = "sum",
+                 generator: torch.Generator | None = None) -> torch.Tensor:
     """Per-image path length |J_ws^T y| for a random image-space direction y, [B].
 
-    y ~ N(0, I) / sqrt(H * W) (so the length does not grow with resolution). The gradient is taken w.r.t.
-    the broadcast ws [B, L, r, C]; the length is sqrt of the squared gradient summed over the C features
-    and averaged over layers AND rows (for the overparam latent the rows act as extra "layers").
+    y ~ N(0, I) / sqrt(H * W) (so the length does not grow with resolution). The gradient g is taken w.r.t.
+    the broadcast ws [B, L, r, C], and the length is sqrt(mean over layers l of |g_l|^2), where g_l is the
+    gradient w.r.t. layer l's whole latent:
+
+    - rows="sum" (default): |g_l|^2 sums the squares over the r rows AND the C features, i.e. each layer's
+      r x C matrix is that layer's latent, exactly as the baseline's C-vector is (r = 1 gives stylegan2-ada's
+      formula). Each row drives its own output channel, so the rows' contributions add up.
+    - rows="mean": the rows are averaged like extra layers. This was this project's formula before 0.2; it
+      makes overparameterized lengths ~sqrt(r) smaller and the penalty (length - a)^2 ~r times weaker. Kept
+      only to reproduce old runs and the ablation in docs/RESULTS.md.
     """
     if ws.ndim != 4:
         raise ValueError(f"path_lengths: ws must be [B, L, r, C], got {list(ws.shape)}")
+    if rows not in PL_ROWS:
+        raise ValueError(f"path_lengths: rows must be one of {list(PL_ROWS)}, got {rows!r}")
     h, w = img.shape[2], img.shape[3]
     noise = torch.randn(img.shape, generator=generator, device=img.device, dtype=img.dtype) / math.sqrt(h * w)
     (grad,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
-    return grad.square().sum(dim=3).mean(dim=[1, 2]).sqrt()  # [B, L, r, C] -> [B]
+    sq = grad.square().sum(dim=3)  # [B, L, r, C] -> [B, L, r]
+    per_layer = sq.sum(dim=2) if rows == "sum" else sq.mean(dim=2)  # [B, L]
+    return per_layer.mean(dim=1).sqrt()  # [B]
 
 
 def path_length_penalty(lengths: torch.Tensor, pl_mean: torch.Tensor) -> torch.Tensor:
