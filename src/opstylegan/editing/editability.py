@@ -173,7 +173,7 @@ def editability_metrics(
             jj = torch.tensor([j for _, j in chunk])
             path = lerp_path(latents[ii].to(device).float(), latents[jj].to(device).float(), ts.to(device))
             p, k = path.shape[:2]
-            images = G.synthesis(path.flatten(0, 1), space).float().clamp(-1, 1)  # [P, K, ...] -> [P*K, C, H, W]
+            images = G.synthesis(path.flatten(0, 1), space, force_fp32=True).float().clamp(-1, 1)  # [P, K, ...] -> [P*K, C, H, W]
             images = images.unflatten(0, (p, k))  # [P*K, C, H, W] -> [P, K, C, H, W]
             lengths.append(_path_lengths(lpips, images[:, :num_segments + 1]).cpu())
             feats = detector(images_to_uint8(images[:, mid])).detach().cpu().numpy()  # [P, D]

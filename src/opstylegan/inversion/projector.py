@@ -381,7 +381,7 @@ def _project_chunk(G: Generator, targets: torch.Tensor, space: str, opts: Invers
         if opts.record_trajectory:
             trajectory.append(x.detach().to("cpu", copy=True))
         with _autocast(device, opts.autocast):
-            seen = compare(G.synthesis(x, space))
+            seen = compare(G.synthesis(x, space, force_fp32=True))
             with torch.set_grad_enabled(use_lpips_loss):
                 dist = lpips.distance_from_features(lpips.features(seen), target_features).float()  # [n]
         per_image = dist if use_lpips_loss else torch.zeros_like(dist)
@@ -395,7 +395,7 @@ def _project_chunk(G: Generator, targets: torch.Tensor, space: str, opts: Invers
             progress(InversionProgress(t + 1, opts.steps, chunk, num_chunks, curve[t]))
     latents = x.detach()
     with torch.no_grad(), _autocast(device, opts.autocast):
-        images = G.synthesis(latents, space).float().clamp(-1, 1)
+        images = G.synthesis(latents, space, force_fp32=True).float().clamp(-1, 1)
         seen = compare(images)
         final = lpips.distance_from_features(lpips.features(seen), target_features).float()
     mse, psnr = mse_psnr(seen, targets)

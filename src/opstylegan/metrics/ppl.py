@@ -158,7 +158,9 @@ def perceptual_path_length(G: torch.nn.Module, *, num_samples: int = 50000, epsi
             w = G.mapping(z.flatten(0, 1)).view(2, b, *z.shape[2:-1], -1)  # [2B, ...] -> [2, B, ..., w_dim]
             tt = t.to(w.dtype).view(-1, *([1] * (w.ndim - 2)))  # broadcast over rows / features
             latent = torch.cat([w[0] + (w[1] - w[0]) * tt, w[0] + (w[1] - w[0]) * (tt + epsilon)])  # lerp
-        img = _prepare(G.synthesis(latent), crop)  # [2B, C, h, w]
+        # fp32 always: an fp16 block's rounding, divided by epsilon^2 = 1e-8, swamps the distance (as
+        # stylegan2-ada, which forces fp32 for PPL).
+        img = _prepare(G.synthesis(latent, force_fp32=True), crop)  # [2B, C, h, w]
         d = lpips(img[:b], img[b:]) / epsilon ** 2
         dists.append(d.double().cpu())
         if progress is not None:

@@ -111,18 +111,20 @@ class Generator(PretrainedMixin, nn.Module):
         w = self._mapping(z, update_emas=update_emas)
         return truncate(w, self.w_avg, psi)
 
-    def synthesis(self, latent: torch.Tensor, space: str | None = None, *, fused: bool | None = None) -> torch.Tensor:
+    def synthesis(self, latent: torch.Tensor, space: str | None = None, *, fused: bool | None = None,
+                  force_fp32: bool = False) -> torch.Tensor:
         """Latent in `space` (default: the native space) -> images [B, C, H, W] in about [-1, 1].
 
-        Images are float32 (float64 after G.double()).
+        Images are float32 (float64 after G.double()). On CUDA the `num_fp16_res` highest-resolution blocks
+        compute in fp16 unless `force_fp32` (metrics and inversion set it, as stylegan2-ada does for PPL).
         """
         space = check_space(space or self.native_space, overparam=self.overparam)
         ws = to_ws(latent, space, num_ws=self.num_ws, rows=self.rows, w_dim=self.cfg.w_dim)
-        return self._synthesis(ws, fused=fused)
+        return self._synthesis(ws, fused=fused, force_fp32=force_fp32)
 
     def forward(self, z: torch.Tensor, *, truncation_psi: float = 1.0, update_emas: bool = False) -> torch.Tensor:
         return self.synthesis(self.mapping(z, truncation_psi=truncation_psi, update_emas=update_emas))
 
-    def synthesis_ws(self, ws: torch.Tensor, *, fused: bool | None = None) -> torch.Tensor:
+    def synthesis_ws(self, ws: torch.Tensor, *, fused: bool | None = None, force_fp32: bool = False) -> torch.Tensor:
         """Low-level: ws [B, num_ws, r, w_dim] (r = 1 or R) -> images. Used by style mixing and regularizers."""
-        return self._synthesis(ws, fused=fused)
+        return self._synthesis(ws, fused=fused, force_fp32=force_fp32)

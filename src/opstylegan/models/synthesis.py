@@ -85,13 +85,19 @@ class SynthesisBlock(nn.Module):
         self.num_conv = 1 if in_channels == 0 else 2
         self.num_torgb = 1
 
+    def compute_dtype(self, device: torch.device, *, force_fp32: bool = False) -> torch.dtype:
+        """The dtype this block computes in: fp16 on CUDA in the highest-resolution blocks (mixed precision,
+        as stylegan2-ada), unless `force_fp32`; otherwise the parameters' dtype (float32, or float64 after
+        G.double() for exact numerical tests)."""
+        if self.use_fp16 and device.type == "cuda" and not force_fp32:
+            return torch.float16
+        return self.conv1.weight.dtype
+
     def forward(self, x: torch.Tensor | None, img: torch.Tensor | None, ws: torch.Tensor, *,
-                fused: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                fused: bool | None = None, force_fp32: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         # ws: [B, num_conv + 1, r, C]; the last entry feeds ToRGB (shared with the next block's first conv).
-        # fp16 on CUDA in the highest-resolution blocks; otherwise the parameters' dtype (float32, or float64
-        # after G.double() for exact numerical tests).
         param_dtype = self.conv1.weight.dtype
-        dtype = torch.float16 if self.use_fp16 and ws.device.type == "cuda" else param_dtype
+        dtype = self.compute_dtype(ws.device, force_fp32=force_fp32)
         i = 0
         if self.in_channels == 0:
             x = self.const.to(dtype)[None].expand(ws.shape[0], -1, -1, -1)
@@ -126,14 +132,18 @@ class SynthesisNetwork(nn.Module):
         self.num_ws += 1  # the last block's ToRGB
         self.max_out_channels = max(channels_at(r, channel_base, channel_max) for r in self.block_resolutions)
 
-    def forward(self, ws: torch.Tensor, *, fused: bool | None = None) -> torch.Tensor:
-        """ws [B, num_ws, r, w_dim] -> images [B, img_channels, H, W] (parameter dtype, about [-1, 1])."""
+    def forward(self, ws: torch.Tensor, *, fused: bool | None = None, force_fp32: bool = False) -> torch.Tensor:
+        """ws [B, num_ws, r, w_dim] -> images [B, img_channels, H, W] (parameter dtype, about [-1, 1]).
+
+        force_fp32: no fp16 blocks even on CUDA (stylegan2-ada's `force_fp32`), for metrics and inversion.
+        """
         if ws.ndim != 4 or ws.shape[1] != self.num_ws or ws.shape[3] != self.w_dim:
             raise ValueError(f"synthesis expects ws [B, {self.num_ws}, r, {self.w_dim}], got {list(ws.shape)}")
         x = img = None
         w_idx = 0
         for block in self.blocks:
-            x, img = block(x, img, ws.narrow(1, w_idx, block.num_conv + block.num_torgb), fused=fused)
+            x, img = block(x, img, ws.narrow(1, w_idx, block.num_conv + block.num_torgb), fused=fused,
+                           force_fp32=force_fp32)
             w_idx += block.num_conv
         assert img is not None
         return img
