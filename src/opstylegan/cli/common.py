@@ -1,4 +1,8 @@
-"""Options and helpers shared by the subcommands (parsing of seed lists, devices, model loading)."""
+"""Options and helpers shared by the subcommands (parsing of seed lists, devices, model loading).
+
+torch is imported inside the functions that need it, so that importing this module (every subcommand does)
+stays fast for `--help` and for argument errors.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +10,14 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import torch
 
 from opstylegan.pretrained import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_SEED = 2**32 - 1
 MAX_SEEDS = 1_000_000
@@ -53,6 +59,9 @@ class SeedList(click.ParamType):
 
 
 def resolve_device(name: str) -> torch.device:
+    """--device value -> torch.device; 'auto' picks CUDA when available."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -83,13 +92,18 @@ class ModelRef(click.ParamType):
 
 
 def model_option(*, default: str | None = DEFAULT_MODEL, help: str = "") -> Any:
-    """The --model option of every command: a folder (config.json + model.safetensors) or a shipped name."""
+    """The --model option of every command: a folder (config.json + model.safetensors) or a shipped name.
+
+    The option is never required: `default=None` means the command resolves a missing --model itself (generate
+    falls back to the shipped model unless --init is given). Marking it required with a None default made
+    click 8.1 refuse the command without --model and print "[required]" beside the default.
+    """
     text = help or "Model folder (config.json + model.safetensors), or a shipped model's name."
-    return click.option("--model", type=ModelRef(), default=default, required=default is None,
+    return click.option("--model", type=ModelRef(), default=default, required=False,
                         show_default=default is not None, help=text)
 
 
-def load_generator(path: str | os.PathLike[str], device: torch.device):
+def load_generator(path: str | os.PathLike[str], device: torch.device) -> Any:
     """Loads a Generator (folder or shipped name) for a CLI command, turning library errors into clean CLI errors."""
     from opstylegan.config import ConfigError
     from opstylegan.io.checkpoint import CheckpointError

@@ -1,9 +1,15 @@
-"""The `opstylegan` program. Subcommands are imported lazily so `opstylegan --help` stays fast."""
+"""The `opstylegan` program. Subcommands are imported lazily so `opstylegan --help` stays fast.
+
+Nothing here imports torch: `opstylegan --help` reads each subcommand's one-line help from its module's source
+(the docstring of the function `command`) instead of importing the module.
+"""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
+from pathlib import Path
 
 import click
 
@@ -28,6 +34,36 @@ class LazyGroup(click.Group):
         if cmd_name not in SUBCOMMANDS or cmd_name not in self.list_commands(ctx):
             return None
         return importlib.import_module(f"opstylegan.cli.{SUBCOMMANDS[cmd_name]}").command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            doc = _command_docstring(SUBCOMMANDS[name])
+            # A stand-in command with the same help text gives click's own short-help rule, whatever the version.
+            cmd = click.Command(name, help=doc) if doc is not None else self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+def _command_docstring(module: str) -> str | None:
+    """Docstring of the top-level function `command` in opstylegan/cli/<module>.py, read without importing it.
+
+    None when the module has no such documented function (the caller then imports the module).
+    """
+    spec = importlib.util.find_spec(f"opstylegan.cli.{module}")
+    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
+        return None
+    tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == "command":
+            return ast.get_docstring(node)
+    return None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
