@@ -56,7 +56,7 @@ INTERP_SETS = (("baseline", "w+"), ("overparam", "W"), ("overparam", "W+"))
 GRID_MAX_ROWS = 16
 RESULTS_FORMAT = 1
 
-# DESIGN.md sec. 6: the paper's figures (FFHQ 256 px; inversion of CelebA-HQ).
+# The figures the paper publishes (trained on FFHQ 256 px; inversions of CelebA-HQ images), shown beside ours.
 PAPER = {
     "table1": {"baseline": {"fid": 3.88, "ppl": 196.27}, "overparam": {"fid": 5.05, "ppl": 203.67}},
     "table2_image_a_lpips": {"w+": 0.146, "W": 0.051, "W+": 0.022},

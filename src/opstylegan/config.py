@@ -65,7 +65,8 @@ def channels_at(res: int, channel_base: int, channel_max: int) -> int:
 class GeneratorConfig(_Config):
     """StyleGAN2 generator as modernised by the paper: skip synthesis, no noise inputs, 2 mapping layers.
 
-    overparam: the latent is a matrix of `num_rows` correlated rows (DESIGN.md sec. 2) instead of a vector.
+    overparam: the latent is a matrix of `num_rows` correlated rows (Z_i = (z^(i) + z) / sqrt(2)) instead of a
+        vector.
     num_rows: R; None means channel_max (the largest number of output channels of any layer).
     """
 

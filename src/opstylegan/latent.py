@@ -8,7 +8,8 @@
 | `W+`  | [L, R, C]       | overparam: one matrix per layer |
 
 Internally the synthesis network consumes `ws` of shape [B, L, r, C] with r = 1 (vector latents) or r = R.
-Z for the overparam model is the correlated matrix of DESIGN.md sec. 2: Z_i = (z^(i) + z) / sqrt(2).
+Z for the overparam model is a matrix of correlated rows: one z shared by all rows plus one z^(i) per row,
+Z_i = (z^(i) + z) / sqrt(2), so every row is a unit Gaussian and any two rows have correlation 1/2.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Editability metrics of a set of inverted latents (paper table 3, DESIGN.md sec. 4).
+"""Editability metrics of a set of inverted latents (the paper's table 3: realism and smoothness of interpolations).
 
 Over all unordered pairs of N latents (100 images -> 4950 pairs), each pair's straight path a -> b in the
 latents' own space gives

@@ -2,7 +2,7 @@
 
 Every layer receives its latent as ws [B, r, C] with r = 1 (a style vector, the baseline) or r = R rows
 (the overparameterized model). The affine map turns each row into a style vector, giving styles [B, r, I];
-with r = R only the first N_O rows are used, one per output channel (DESIGN.md sec. 2).
+with r = R only the first N_O rows are used, one per output channel (the rows beyond N_O are dropped).
 """
 
 from __future__ import annotations
