@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -19,6 +20,9 @@ Examples:
 \b
 Images of any mode and size are accepted: converted to the model's channels (alpha composited on black),
 center-cropped to a square and resized to the model resolution (Lanczos; small images are upscaled).
+\b
+A folder holds one run and is locked while it is written. Repeating the command resumes an interrupted run
+(finished chunks are reused); a different run into the same folder is refused unless --overwrite is given.
 """
 
 AUTOCAST = {"none": None, "fp16": "float16", "bf16": "bfloat16"}
@@ -54,14 +58,19 @@ def _spaces_callback(ctx: click.Context, param: click.Parameter, value: str | No
               help="Latent space(s), comma-separated: w, w+ (any model), W, W+ (overparam). "
                    "[default: W for overparam models, w+ for the baseline]")
 @click.option("--outdir", type=click.Path(file_okay=False), required=True, help="Run folder to write.")
-@click.option("--steps", type=click.IntRange(1), default=1000, help="Optimisation steps.")
+@click.option("--steps", type=click.IntRange(0), default=1000,
+              help="Optimisation steps (0 with --init encoder: the encoder's answer alone).")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), default=0.05, help="Adam learning rate.")
 @click.option("--beta1", type=click.FloatRange(0, 1, max_open=True), default=0.9, help="Adam beta1.")
 @click.option("--beta2", type=click.FloatRange(0, 1, max_open=True), default=0.999, help="Adam beta2.")
 @click.option("--loss", type=click.Choice(["lpips", "mse"]), default="lpips", help="Loss (LPIPS is VGG16).")
 @click.option("--mse-weight", type=click.FloatRange(0), default=0.0, help="Extra pixel-MSE weight (with lpips).")
-@click.option("--init", "init", type=click.Choice(["w_avg", "random"]), default="w_avg",
-              help="Start at w_avg, or at a mapped random z (seeded; fig. 11).")
+@click.option("--init", "init", type=click.Choice(["w_avg", "random", "encoder"]), default="w_avg",
+              help="Start at w_avg, at a mapped random z (seeded; fig. 11), or at an encoder's prediction.")
+@click.option("--encoder", type=click.Path(exists=True), default=None,
+              help="With --init encoder: the encoder folder [default: the one in the model's folder, <model>/encoder].")
+@click.option("--reg-toward", type=click.Choice(["auto", "w_avg", "init"]), default="auto",
+              help="Target of the pull: w_avg, or the starting latent (auto: the start with --init encoder).")
 @click.option("--reg-strength", type=click.FloatRange(0, 1), default=0.9,
               help="Pull x <- w_avg + s (x - w_avg) before each step; 1 = off.")
 @click.option("--reg-until", type=click.FloatRange(0, 1), default=0.5,
@@ -71,36 +80,72 @@ def _spaces_callback(ctx: click.Context, param: click.Parameter, value: str | No
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip",
               help="Unreadable images: report and skip them, or refuse the run before any work.")
 @click.option("--autocast", type=click.Choice(list(AUTOCAST)), default="none", help="Mixed precision.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace another run found in --outdir (default: refuse it; the same run is resumed).")
 @device_option
-def command(model, images, spaces, outdir, steps, lr, beta1, beta2, loss, mse_weight, init, reg_strength,
-            reg_until, seed, batch, on_error, autocast, device):
+def command(model, images, spaces, outdir, steps, lr, beta1, beta2, loss, mse_weight, init, encoder, reg_toward,
+            reg_strength,
+            reg_until, seed, batch, on_error, autocast, overwrite, device):
     """Invert images into a latent space with the paper's projector (Adam on LPIPS, init at w_avg)."""
     import torch
     from tqdm import tqdm
 
     from opstylegan.cli.common import load_generator
     from opstylegan.inversion.projector import InversionOptions
-    from opstylegan.inversion.runs import InputError, collect_images, dist_info, invert_images
+    from opstylegan.inversion.runs import (
+        OUTPUT_NAMES,
+        InputError,
+        RunFolderError,
+        SummaryWriteError,
+        collect_images,
+        dist_info,
+        invert_images,
+    )
+    from opstylegan.io.lock import RunLockedError
+    from opstylegan.io.outdir import describe_os_error, prepare_outdir
     from opstylegan.latent import LatentError, check_space
+    from opstylegan.metrics.weights import WeightsError, require_weights
 
     rank, world_size, local_rank = dist_info()
     dev = resolve_device(device)
     if world_size > 1 and dev.type == "cuda":
         dev = torch.device("cuda", local_rank)
     try:
+        if init == "encoder" and encoder is None:
+            from opstylegan.encoder.api import model_encoder_path
+            from opstylegan.pretrained import resolve_model
+
+            encoder = str(model_encoder_path(resolve_model(model)))
         options = InversionOptions(steps=steps, lr=lr, betas=(beta1, beta2), loss=loss, mse_weight=mse_weight,
                                    init=init, reg_strength=reg_strength, reg_until=reg_until, seed=seed,
+                                   encoder=None if encoder is None else str(Path(encoder).resolve()),
+                                   reg_toward=None if reg_toward == "auto" else reg_toward,
                                    autocast=None if AUTOCAST[autocast] is None else getattr(torch, AUTOCAST[autocast]))
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         raise click.UsageError(str(e)) from None
+    try:
+        require_weights("lpips-vgg")
+    except WeightsError as e:
+        raise click.ClickException(str(e)) from None
     G = load_generator(model, dev)
     spaces = spaces or (["W"] if G.overparam else ["w+"])
+    if options.encoder is not None:
+        from opstylegan.encoder.api import check_encoder_for_spaces
+
+        try:
+            check_encoder_for_spaces(options.encoder, G, spaces)  # a foreign encoder is refused before any work
+        except (ValueError, FileNotFoundError) as e:
+            raise click.ClickException(str(e)) from None
     try:
         for s in spaces:
             check_space(s, overparam=G.overparam)
-        items = collect_images(images)
+        items = collect_images(images, exclude=[Path(outdir) / n for n in OUTPUT_NAMES])
     except (LatentError, ValueError, FileNotFoundError) as e:
         raise click.UsageError(str(e)) from None
+    try:
+        prepare_outdir(outdir)
+    except OSError as e:
+        raise click.ClickException(str(e)) from None
 
     barrier = None
     if world_size > 1:
@@ -128,10 +173,21 @@ def command(model, images, spaces, outdir, steps, lr, beta1, beta2, loss, mse_we
 
     try:
         summary = invert_images(G, items, spaces, outdir, options, batch=batch, on_error=on_error, rank=rank,
-                                world_size=world_size, barrier=barrier, model_source=str(model), progress=progress,
-                                on_skip=on_skip)
+                                world_size=world_size, barrier=barrier, model_source=str(model),
+                                overwrite=overwrite, progress=progress, on_skip=on_skip,
+                                on_reuse=lambda n: bar.update(len(spaces) * steps))
     except InputError as e:
         raise click.ClickException(f"{e} (use --on-error skip to leave it out)") from None
+    except (RunFolderError, RunLockedError) as e:
+        raise click.ClickException(str(e)) from None
+    except SummaryWriteError as e:
+        bar.close()
+        click.echo(json.dumps(e.summary, indent=1))
+        raise click.ClickException(f"{e}; the results are printed above (latents and images of finished chunks "
+                                   "are in place)") from None
+    except OSError as e:
+        raise click.ClickException(f"{describe_os_error(e)}; finished chunks are kept, and repeating the command "
+                                   "resumes the run") from None
     finally:
         bar.close()
     if summary is None:
@@ -139,12 +195,16 @@ def command(model, images, spaces, outdir, steps, lr, beta1, beta2, loss, mse_we
     if summary["inverted"] == 0:
         raise click.ClickException(f"none of the {len(items)} image(s) could be read; nothing was inverted")
     skipped = f", skipped {len(summary['skipped'])}" if summary["skipped"] else ""
-    click.echo(f"inverted {summary['inverted']} image(s){skipped} in {', '.join(summary['results'])}")
+    reused = (f" (resumed: {summary['reused_chunks']} finished chunk(s) of {summary['reused_images']} image(s) "
+              "reused)" if summary["reused_chunks"] else "")
+    click.echo(f"inverted {summary['inverted']} image(s){skipped} in {', '.join(summary['results'])}{reused}")
     click.echo(f"{'space':6s} {'LPIPS median':>12s} {'Q1':>7s} {'Q3':>7s} {'PSNR median':>12s}")
     for s, r in summary["results"].items():
         q = r["lpips"]
         click.echo(f"{s:6s} {q['median']:12.4f} {q['q1']:7.4f} {q['q3']:7.4f} {r['psnr']['median']:10.2f} dB")
-    out = Path(outdir)
-    click.echo(f"wrote {out}/: {summary.get('comparison', '')} (targets | each space), "
-               f"{summary.get('curves', {}).get('plot', '')} (LPIPS per step, fig. 6), summary.json, "
-               f"and per space a folder of latents and reconstructions")
+    for note in summary["notes"]:
+        click.echo(f"note: {note}", err=True)
+    plot = summary.get("curves", {}).get("plot")
+    click.echo(f"wrote {outdir}/: {summary.get('comparison', '')} (targets | each space), "
+               + (f"{plot} (LPIPS per step, fig. 6), " if plot else "lpips_curves.csv (LPIPS per step), ")
+               + "summary.json, and per space a folder of latents, reconstructions and pairs/")

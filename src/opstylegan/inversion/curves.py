@@ -1,7 +1,8 @@
 """Fig. 6 of the paper: LPIPS per optimisation step, median and quartile band, one curve per latent space.
 
-Writes the curves as CSV and draws them with matplotlib's Agg canvas (imported lazily; no global
-``matplotlib.use`` call, no pyplot state).
+Writes the curves as CSV (always) and draws them with matplotlib's Agg canvas (imported lazily; no global
+``matplotlib.use`` call, no pyplot state). matplotlib is optional: :func:`plot_lpips_curves` raises ImportError
+without it, and callers skip the plot with :data:`PLOTS_HINT`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import torch
 from opstylegan.inversion.projector import lpips_quartiles
 from opstylegan.io.atomic import write_bytes, write_text
 
-__all__ = ["plot_lpips_curves", "write_curves_csv", "write_per_image_csv"]
+__all__ = ["PLOTS_HINT", "plot_lpips_curves", "write_curves_csv", "write_per_image_csv"]
+
+#: How to get the plots when matplotlib is missing.
+PLOTS_HINT = "matplotlib is not installed; `pip install opstylegan[plots]` adds it"
 
 _COLORS = {"w": "tab:gray", "w+": "tab:blue", "W": "tab:orange", "W+": "tab:red"}
 
@@ -52,7 +56,10 @@ def write_per_image_csv(path: str | os.PathLike[str], curves: Mapping[str, torch
 
 def plot_lpips_curves(path: str | os.PathLike[str], curves: Mapping[str, torch.Tensor], *,
                       title: str = "Inversion: LPIPS per step (median, Q1-Q3 band)") -> None:
-    """Draw fig. 6 into a PNG: x = step, y = LPIPS, one line (median) and band (Q1-Q3) per space."""
+    """Draw fig. 6 into a PNG: x = step, y = LPIPS, one line (median) and band (Q1-Q3) per space.
+
+    Raises ImportError (before writing anything) when matplotlib is not installed.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
