@@ -23,7 +23,7 @@ from tqdm import tqdm
 from opstylegan.cli.common import device_option, load_generator, model_option, resolve_device, write_json
 
 #: The metrics this command computes, in the order they are run and reported.
-METRICS: tuple[str, ...] = ("fid", "kid", "ppl")
+METRICS: tuple[str, ...] = ("fid", "kid", "pr", "ppl")
 #: Names of the feature networks as recorded in the JSON.
 LPIPS_NAME = "lpips-v0.1-vgg16"
 #: Version of the JSON layout written by this command.
@@ -36,6 +36,7 @@ Examples:
   opstylegan metrics --model runs/00001-fmnist/best --data data/fmnist32 --metrics fid --num 2000 \\
       --out fid.json
   opstylegan metrics --model m --metrics ppl --num-ppl 1000 --ppl-space z --ppl-sampling full
+  opstylegan metrics --model fmnist32-overparam --data data/fmnist32 --metrics fid,pr --num 5000 --num-real 10000
 """
 
 
@@ -155,7 +156,9 @@ def _table(results: dict[str, dict[str, Any]]) -> str:
                       f"{r['feature_net']}")
         else:
             detail = f"{r['num_real']} real / {r['num_fake']} generated, {r['feature_net']}"
-        rows.append((name, f"{r['value']:.6g}", detail))
+        value = r["value"]
+        shown = (f"P {value['precision']:.4f} / R {value['recall']:.4f}" if name == "pr" else f"{value:.6g}")
+        rows.append((name, shown, detail + (f", k={r['k']}" if name == "pr" else "")))
     widths = [max(len(row[i]) for row in rows) for i in range(2)]
     return "\n".join(f"{a:<{widths[0]}}  {b:>{widths[1]}}  {c}" for a, b, c in rows)
 
@@ -205,12 +208,14 @@ def command(model: str, data: str | None, metric_names: list[str], num: int, num
         fid_from_stats,
         kid_from_stats,
     )
+    from opstylegan.metrics.precision_recall import pr_from_stats
     from opstylegan.metrics.ppl import perceptual_path_length
     from opstylegan.metrics.weights import WeightsError
 
     # 1. Arguments, model and data: all checked before any image is generated.
-    want_fid, want_kid, want_ppl = (m in metric_names for m in METRICS)
-    need_data = want_fid or want_kid
+    want_fid, want_kid, want_pr, want_ppl = (m in metric_names for m in METRICS)
+    need_data = want_fid or want_kid or want_pr
+    capture = want_kid or want_pr  # KID and precision/recall need every feature, not only the moments
     num_ppl = num if num_ppl is None else num_ppl
     if need_data:
         if num < 2:
@@ -220,6 +225,9 @@ def command(model: str, data: str | None, metric_names: list[str], num: int, num
                                      param_hint="--num-real")
         if data is None:
             raise click.UsageError(f"--data is required for {', '.join(m for m in metric_names if m != 'ppl')}")
+    if want_pr and (num < 4 or (num_real is not None and num_real < 4)):
+        raise click.BadParameter(f"precision/recall (k=3) needs at least 4 generated and 4 real images, got "
+                                 f"--num {num}, --num-real {num_real}", param_hint="--num / --num-real")
     if want_ppl and num_ppl < 2:
         raise click.BadParameter(f"PPL needs at least 2 samples, got {num_ppl}",
                                  param_hint="--num-ppl" if num_ppl != num else "--num / --num-ppl")
@@ -261,7 +269,7 @@ def command(model: str, data: str | None, metric_names: list[str], num: int, num
         try:
             real = _run(real_bar, lambda: cached_dataset_stats(
                 data_hash, lambda: dataset_batches(ds, n_real, batch), detector, cache_dir=cache_dir,
-                max_items=None if n_real == len(ds) else n_real, capture_features=want_kid, progress=real_bar))
+                max_items=None if n_real == len(ds) else n_real, capture_features=capture, progress=real_bar))
         except (DatasetError, ImageError) as e:
             raise click.ClickException(f"cannot read --data {data}: {e}") from None
         if not real_bar.used:
@@ -269,7 +277,7 @@ def command(model: str, data: str | None, metric_names: list[str], num: int, num
         fake_bar = _Bar("generated images", num)
         fake = _run(fake_bar, lambda: compute_generator_stats(
             G, detector, num, batch_size=batch, seed=seed, truncation_psi=truncation_psi,
-            capture_features=want_kid, device=dev, progress=fake_bar))
+            capture_features=capture, device=dev, progress=fake_bar))
         common = {"feature_net": real.feature_net, "feature_net_sha256": real.feature_net_sha256,
                   "truncation_psi": truncation_psi, "seed": seed, "real_stats_cached": not real_bar.used}
         elapsed = time.perf_counter() - t0
@@ -281,6 +289,10 @@ def command(model: str, data: str | None, metric_names: list[str], num: int, num
             if want_kid:
                 r = kid_from_stats(real, fake, seed=seed).to_dict()
                 results["kid"] = {"value": r.pop("kid"), **r, **common, "elapsed_s": round(elapsed, 3)}
+            if want_pr:
+                r = pr_from_stats(real, fake, k=3).to_dict()
+                results["pr"] = {"value": {"precision": r.pop("precision"), "recall": r.pop("recall")}, **r,
+                                 **common, "elapsed_s": round(elapsed, 3)}
         notes.extend(dict.fromkeys(str(w.message) for w in caught))
 
     # 3. PPL.
