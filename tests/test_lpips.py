@@ -16,7 +16,8 @@ from opstylegan.metrics import weights
 from opstylegan.metrics.lpips import LPIPS, MIN_SIZE
 from opstylegan.metrics.weights import MissingWeightsError, WeightsIntegrityError
 
-REFERENCE_DIR = Path(__file__).parents[2] / "shared" / "data" / "lpips-reference"
+# The LPIPS authors' example images (BSD-2-Clause, see tests/data/lpips/LICENSE).
+REFERENCE_DIR = Path(__file__).parent / "data" / "lpips"
 
 # Measured with this implementation (LPIPS v0.1, the 64x64 images as shipped). Both nets agree that ex_p1 is
 # the closer distortion. (No published figure for these exact files could be verified offline.)

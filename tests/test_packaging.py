@@ -6,7 +6,6 @@ import importlib
 import importlib.metadata
 import subprocess
 import sys
-import tomllib
 import zipfile
 from pathlib import Path
 
@@ -84,6 +83,7 @@ def test_generate_needs_no_model_option(tmp_path):
 
 
 def test_one_version_string():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
     assert importlib.metadata.version("opstylegan") == opstylegan.__version__
@@ -104,3 +104,20 @@ def test_wheel_carries_licence_types_and_models(tmp_path):
     assert "opstylegan/py.typed" in names
     for model in ("fmnist32-overparam", "fmnist32-baseline"):
         assert {f"opstylegan/pretrained/{model}/{f}" for f in ("config.json", "model.safetensors")} <= names
+
+
+def test_no_file_points_outside_the_repository():
+    """Tests, code and docs work in any clone: no path into a sibling folder, no design notes that are not here."""
+    patterns = ["DESIGN" + ".md", "../" + "shared", '"' + 'shared" /', "/work/" + "shared"]
+    tracked = subprocess.run(["git", "ls-files", "src", "tests", "docs", "scripts", "benchmarks", "README.md"],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    found = []
+    for name in tracked:
+        path = ROOT / name
+        if path.suffix not in (".py", ".md", ".sh", ".toml", ".txt", ".json") or not path.is_file():
+            continue
+        text = path.read_text(encoding="utf-8", errors="replace")
+        found += [f"{name}: {p}" for p in patterns if p in text]
+    assert not found, found
