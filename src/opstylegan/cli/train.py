@@ -77,6 +77,7 @@ def command(ctx: click.Context, data: Path | None, outdir: Path, overparam: bool
     """
     from opstylegan.config import ConfigError
     from opstylegan.data.build import DatasetError
+    from opstylegan.io.lock import RunLockedError
     from opstylegan.training.config import TrainConfig
     from opstylegan.training.distributed import init_distributed, shutdown
     from opstylegan.training.loop import TrainingDiverged, train
@@ -105,7 +106,7 @@ def command(ctx: click.Context, data: Path | None, outdir: Path, overparam: bool
     except TrainingDiverged as e:
         ui.log(f"ERROR: {e}")
         raise click.ClickException(str(e)) from None
-    except (ConfigError, DatasetError, StateError, FileNotFoundError) as e:
+    except (ConfigError, DatasetError, StateError, FileNotFoundError, RunLockedError) as e:
         raise click.ClickException(str(e)) from None
     finally:
         ui.close()

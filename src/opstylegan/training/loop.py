@@ -9,6 +9,7 @@ The library never prints: it reports through `progress(cur_nimg, total_nimg, inf
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader
 from opstylegan.data.dataset import ImageDataset, InfiniteSampler
 from opstylegan.data.images import save_grid
 from opstylegan.io.atomic import write_text
+from opstylegan.io.lock import RunLock
 from opstylegan.models.discriminator import Discriminator
 from opstylegan.models.generator import Generator
 from opstylegan.training import loss as L
@@ -468,12 +470,21 @@ def train(cfg: TrainConfig | None = None, *, outdir: str | os.PathLike[str] | No
 
     A new run gets an auto-numbered folder under `outdir` with the resolved config.json. Resuming loads
     the run's config.json and its newest complete training state (callback("resume", ...) names it and
-    any unreadable newer state that was skipped).
+    any unreadable newer state that was skipped). The run folder is locked while trained (rank 0): a second
+    `train` of the same run raises opstylegan.io.lock.RunLockedError naming the first, before touching it.
     """
-    info = info or DistInfo()
+    with contextlib.ExitStack() as locks:
+        return _train(cfg, outdir, resume, kimg, info or DistInfo(), progress, callback, locks)
+
+
+def _train(cfg: TrainConfig | None, outdir: str | os.PathLike[str] | None, resume: str | os.PathLike[str] | None,
+           kimg: float | None, info: DistInfo, progress: ProgressFn | None, callback: CallbackFn | None,
+           locks: contextlib.ExitStack) -> TrainResult:
     resumed_from = None
     if resume is not None:
         run_dir = Path(resume)
+        if info.is_main and run_dir.is_dir():
+            locks.enter_context(RunLock(run_dir))
         cfg = read_run_config(run_dir)
         if kimg is not None:
             cfg = cfg.replace(kimg=kimg)
@@ -498,6 +509,7 @@ def train(cfg: TrainConfig | None = None, *, outdir: str | os.PathLike[str] | No
         if info.is_main:
             run_dir = next_run_dir(outdir, Path(cfg.data).name, cfg.overparam)
             run_dir.mkdir(parents=True, exist_ok=False)
+            locks.enter_context(RunLock(run_dir))
             write_text(run_dir / CONFIG_NAME, json.dumps(trainer.cfg.to_json_dict(), indent=2) + "\n")
         run_dir = Path(str(broadcast_object(str(run_dir), info)))
     if info.is_main and resume is not None:
