@@ -68,6 +68,11 @@ class GeneratorConfig(_Config):
     overparam: the latent is a matrix of `num_rows` correlated rows (Z_i = (z^(i) + z) / sqrt(2)) instead of a
         vector.
     num_rows: R; None means channel_max (the largest number of output channels of any layer).
+    mapping_layers: depth of the mapping MLP (2 here and in the paper; NVIDIA's FFHQ networks have 8).
+    const_noise: every modulated 3x3 convolution adds a fixed noise image times a learned strength after the
+        convolution, before bias and activation (buffers `noise_const` [res, res], `noise_strength` []). Off in
+        this project's own models; on in networks converted from NVIDIA pickles, where it reproduces their
+        `noise_mode='const'`. Random per-sample noise is not supported.
     """
 
     img_resolution: int = 256
@@ -83,6 +88,15 @@ class GeneratorConfig(_Config):
     conv_clamp: float | None = 256.0
     overparam: bool = False
     num_rows: int | None = None
+    const_noise: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        # const_noise is written only when on, so that the configs (and fingerprints) of models without
+        # noise inputs are the same as before the option existed.
+        d = super().to_dict()
+        if not d["const_noise"]:
+            del d["const_noise"]
+        return d
 
     def __post_init__(self) -> None:
         _check_common("GeneratorConfig", self.img_resolution, self.img_channels, self.channel_base,
@@ -95,8 +109,9 @@ class GeneratorConfig(_Config):
             raise ConfigError(f"GeneratorConfig: mapping_lr_multiplier must be > 0, got {self.mapping_lr_multiplier!r}")
         if not 0 <= self.w_avg_beta < 1:
             raise ConfigError(f"GeneratorConfig: w_avg_beta must be in [0, 1), got {self.w_avg_beta!r}")
-        if not isinstance(self.overparam, bool):
-            raise ConfigError(f"GeneratorConfig: overparam must be true or false, got {self.overparam!r}")
+        for k in ("overparam", "const_noise"):
+            if not isinstance(getattr(self, k), bool):
+                raise ConfigError(f"GeneratorConfig: {k} must be true or false, got {getattr(self, k)!r}")
         if self.num_rows is not None:
             if not self.overparam:
                 raise ConfigError("GeneratorConfig: num_rows is only meaningful with overparam=true")

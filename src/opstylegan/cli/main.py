@@ -23,6 +23,9 @@ SUBCOMMANDS = {
     "upsample": "upsample",
     "edit": "edit",
     "metrics": "metrics",
+    "studio": "studio",
+    "convert": "convert",
+    "encoder": "encoder",
 }
 
 

@@ -44,7 +44,8 @@ class Generator(PretrainedMixin, nn.Module):
                                        cfg.w_avg_beta)
         self._synthesis = SynthesisNetwork(cfg.w_dim, cfg.img_resolution, cfg.img_channels,
                                            channel_base=cfg.channel_base, channel_max=cfg.channel_max,
-                                           num_fp16_res=cfg.num_fp16_res, conv_clamp=cfg.conv_clamp)
+                                           num_fp16_res=cfg.num_fp16_res, conv_clamp=cfg.conv_clamp,
+                                           const_noise=cfg.const_noise)
 
     # -- vocabulary ---------------------------------------------------------------------------------------
     @property

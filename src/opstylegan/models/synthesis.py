@@ -1,4 +1,7 @@
-"""Synthesis network: const 4x4 input, modulated 3x3 convolutions, skip (ToRGB) architecture, no noise.
+"""Synthesis network: const 4x4 input, modulated 3x3 convolutions, skip (ToRGB) architecture.
+
+No noise inputs in this project's own models (the paper drops them). Networks converted from NVIDIA pickles
+can carry each layer's fixed noise image (`const_noise`), which reproduces their `noise_mode='const'`.
 
 Every layer receives its latent as ws [B, r, C] with r = 1 (a style vector, the baseline) or r = R rows
 (the overparameterized model). The affine map turns each row into a style vector, giving styles [B, r, I];
@@ -33,21 +36,36 @@ def _used_rows(w: torch.Tensor, out_channels: int) -> torch.Tensor:
 
 
 class SynthesisLayer(nn.Module):
-    """Modulated 3x3 convolution (optionally upsampling x2) + bias + lrelu."""
+    """Modulated 3x3 convolution (optionally upsampling x2) [+ constant noise] + bias + lrelu.
+
+    With `const_noise_resolution`, the layer holds a fixed noise image `noise_const` [res, res] (buffer) and a
+    learned scalar `noise_strength`; `noise_const * noise_strength` is added to every channel of every sample
+    after the convolution and before the bias (NVIDIA's `noise_mode='const'`).
+    """
+
+    noise_const: torch.Tensor | None
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, *, up: int = 1,
-                 conv_clamp: float | None = None) -> None:
+                 conv_clamp: float | None = None, const_noise_resolution: int | None = None) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.up, self.conv_clamp = in_channels, out_channels, up, conv_clamp
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
         self.bias = nn.Parameter(torch.zeros(out_channels))
         self.register_buffer("resample_filter", setup_filter(), persistent=False)
+        if const_noise_resolution is not None:
+            res = const_noise_resolution
+            self.register_buffer("noise_const", torch.randn(res, res))
+            self.noise_strength = nn.Parameter(torch.zeros([]))
+        else:
+            self.noise_const = None
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, *, fused: bool | None = None) -> torch.Tensor:
         styles = self.affine(_used_rows(w, self.out_channels))  # [B, 1 | N_O, I]
         x = modulated_conv2d(x, self.weight, styles, up=self.up, padding=1,
                              resample_filter=self.resample_filter, fused=fused)
+        if self.noise_const is not None:
+            x = x + (self.noise_const * self.noise_strength).to(x.dtype)  # [H, W] broadcast over [B, O]
         return bias_act(x, self.bias, act="lrelu", clamp=self.conv_clamp)
 
 
@@ -72,14 +90,17 @@ class SynthesisBlock(nn.Module):
     """One resolution: (const | upsampling conv) -> conv -> ToRGB added to the upsampled image."""
 
     def __init__(self, in_channels: int, out_channels: int, w_dim: int, resolution: int, img_channels: int, *,
-                 use_fp16: bool = False, conv_clamp: float | None = None) -> None:
+                 use_fp16: bool = False, conv_clamp: float | None = None, const_noise: bool = False) -> None:
         super().__init__()
         self.in_channels, self.resolution, self.use_fp16 = in_channels, resolution, use_fp16
+        noise_res = resolution if const_noise else None
         if in_channels == 0:
             self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution))
         else:
-            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, up=2, conv_clamp=conv_clamp)
-        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, conv_clamp=conv_clamp)
+            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, up=2, conv_clamp=conv_clamp,
+                                        const_noise_resolution=noise_res)
+        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, conv_clamp=conv_clamp,
+                                    const_noise_resolution=noise_res)
         self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
         self.register_buffer("resample_filter", setup_filter(), persistent=False)
         self.num_conv = 1 if in_channels == 0 else 2
@@ -113,7 +134,8 @@ class SynthesisBlock(nn.Module):
 
 class SynthesisNetwork(nn.Module):
     def __init__(self, w_dim: int, img_resolution: int, img_channels: int, *, channel_base: int,
-                 channel_max: int, num_fp16_res: int = 0, conv_clamp: float | None = None) -> None:
+                 channel_max: int, num_fp16_res: int = 0, conv_clamp: float | None = None,
+                 const_noise: bool = False) -> None:
         super().__init__()
         self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
         log2 = int(math.log2(img_resolution))
@@ -125,7 +147,8 @@ class SynthesisNetwork(nn.Module):
         for res in self.block_resolutions:
             out_ch = channels_at(res, channel_base, channel_max)
             block = SynthesisBlock(in_ch, out_ch, w_dim, res, img_channels,
-                                   use_fp16=num_fp16_res > 0 and res >= fp16_resolution, conv_clamp=conv_clamp)
+                                   use_fp16=num_fp16_res > 0 and res >= fp16_resolution, conv_clamp=conv_clamp,
+                                   const_noise=const_noise)
             self.blocks.append(block)
             self.num_ws += block.num_conv
             in_ch = out_ch
