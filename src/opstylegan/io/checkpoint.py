@@ -43,8 +43,11 @@ def resolve_model_dir(path: str | os.PathLike[str]) -> Path:
     """Accepts the checkpoint folder, or its config.json / model.safetensors. Refuses pickles by name."""
     p = Path(path)
     if not p.exists():
+        from opstylegan.pretrained import SHIPPED
+
         raise FileNotFoundError(
-            f"model not found: {str(p)!r} (expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME})")
+            f"model not found: {str(p)!r} (expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME}, or the name of "
+            f"a shipped model: {', '.join(SHIPPED)})")
     if p.is_file():
         if p.name in (CONFIG_NAME, WEIGHTS_NAME):
             return p.parent
@@ -127,8 +130,16 @@ class PretrainedMixin:
 
     @classmethod
     def from_pretrained(cls: type[M], path: str | os.PathLike[str], *, device: torch.device | str = "cpu") -> M:
-        """Loads a folder written by save_pretrained: JSON validated, sha256 checked, weights loaded strictly."""
-        model_dir = resolve_model_dir(path)
+        """Loads a folder written by save_pretrained: JSON validated, sha256 checked, weights loaded strictly.
+
+        ``path`` is a model folder (or its config.json / model.safetensors), or the name of a model shipped with
+        opstylegan (``opstylegan.pretrained.SHIPPED``, e.g. ``"fmnist32-overparam"``), as every command's
+        ``--model`` accepts. A string equal to a shipped name means the shipped model; a local folder of the
+        same name is loaded with ``"./NAME"`` or a ``pathlib.Path``.
+        """
+        from opstylegan.pretrained import resolve_model
+
+        model_dir = resolve_model_dir(resolve_model(path) if isinstance(path, str) else path)
         meta = read_model_json(model_dir)
         if meta["class"] != cls.__name__:
             raise CheckpointError(f"{str(model_dir)!r} holds a {meta['class']}, not a {cls.__name__}")
