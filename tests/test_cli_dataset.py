@@ -54,8 +54,13 @@ def test_cli_refuses_existing_dest_then_overwrites(folder: Path, tmp_path: Path)
     res = _run(str(folder), str(dest), "--resolution", "16", "--channels", "3")
     assert res.exit_code == 1 and "not empty" in res.output and "--overwrite" in res.output
     res = _run(str(folder), str(dest), "--resolution", "16", "--channels", "3", "--overwrite", "--max-images", "2")
+    assert res.exit_code == 1 and "is not a dataset built by opstylegan" in res.output, res.output
+    assert (dest / "old.txt").read_text() == "x"
+    (dest / "old.txt").unlink()
+    assert _run(str(folder), str(dest), "--resolution", "16", "--channels", "3").exit_code == 0
+    res = _run(str(folder), str(dest), "--resolution", "16", "--channels", "3", "--overwrite", "--max-images", "2")
     assert res.exit_code == 0, res.output
-    assert "Wrote 2 images" in res.output and not (dest / "old.txt").exists()
+    assert "Wrote 2 images" in res.output and json.loads((dest / "dataset.json").read_text())["count"] == 2
 
 
 @pytest.mark.parametrize(

@@ -354,9 +354,14 @@ def test_build_refuses_to_overwrite_unless_asked(tmp_path: Path) -> None:
     (tmp_path / "ds" / "keep.txt").write_text("precious")
     with pytest.raises(DatasetError, match="not empty; pass overwrite=True"):
         build_dataset(tmp_path / "src", tmp_path / "ds", resolution=16, channels=1)
-    assert (tmp_path / "ds" / "keep.txt").exists()
+    # overwrite replaces a dataset, never a folder that is not one
+    with pytest.raises(DatasetError, match="is not a dataset built by opstylegan .* not replaced, even with overwrite"):
+        build_dataset(tmp_path / "src", tmp_path / "ds", resolution=16, channels=1, overwrite=True)
+    assert (tmp_path / "ds" / "keep.txt").read_text() == "precious"
+    (tmp_path / "ds" / "keep.txt").unlink()
+    build_dataset(tmp_path / "src", tmp_path / "ds", resolution=32, channels=1)
     rep = build_dataset(tmp_path / "src", tmp_path / "ds", resolution=16, channels=1, overwrite=True)
-    assert rep.count == 3 and not (tmp_path / "ds" / "keep.txt").exists()
+    assert rep.count == 3 and ImageDataset(tmp_path / "ds").resolution == 16
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "src"]
     (tmp_path / "empty").mkdir()  # an empty destination folder is fine without overwrite
     assert build_dataset(tmp_path / "src", tmp_path / "empty", resolution=16, channels=1).count == 3

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import signal
+import sys
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 import click
 from tqdm import tqdm
@@ -11,6 +16,7 @@ from tqdm import tqdm
 from opstylegan.data.build import DatasetError, build_dataset
 from opstylegan.data.idx import IDXError
 from opstylegan.data.images import ImageError
+from opstylegan.io.outdir import OutputPathError
 
 EPILOG = """\b
 Examples:
@@ -21,6 +27,28 @@ Examples:
 """
 
 _SHOW_SKIPPED = 20
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the build is, so that it cleans up exactly as after Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While the block runs, SIGTERM (`kill`, a job scheduler's stop) raises `_Terminated` instead of ending the
+    process on the spot, which would leave the hidden building folder behind."""
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise _Terminated(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _power_of_two(ctx: click.Context, param: click.Parameter, value: int) -> int:
@@ -45,7 +73,9 @@ def _power_of_two(ctx: click.Context, param: click.Parameter, value: int) -> int
 @click.option("--on-error", type=click.Choice(["skip", "fail"]), default="skip",
               help="skip: leave out unreadable / too-small images and list them; fail: stop at the first one.")
 @click.option("--max-images", type=click.IntRange(min=1), default=None, help="Stop after this many images.")
-@click.option("--overwrite", is_flag=True, help="Replace DEST if it exists and is not empty.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace DEST if it is a dataset built by this command (has its dataset.json); any other "
+                   "non-empty folder is refused.")
 def command(
     source: Path, dest: Path, resolution: int, channels: str, split: str, fit: str, allow_upscale: bool,
     on_error: str, max_images: int | None, overwrite: bool,
@@ -66,19 +96,29 @@ def command(
         bar.update(done - bar.n)
 
     try:
-        report = build_dataset(
-            source, dest, resolution=resolution, channels=int(channels), on_error=on_error,  # type: ignore[arg-type]
-            max_images=max_images, split=split, fit=fit, allow_upscale=allow_upscale,  # type: ignore[arg-type]
-            overwrite=overwrite, progress=progress,
-        )
+        with _terminate_as_interrupt():
+            report = build_dataset(
+                source, dest, resolution=resolution, channels=int(channels),
+                on_error=on_error, max_images=max_images, split=split, fit=fit,  # type: ignore[arg-type]
+                allow_upscale=allow_upscale, overwrite=overwrite, progress=progress,
+            )
+    except _Terminated as e:
+        if bar is not None:
+            bar.close()
+        click.echo(f"stopped by {e}: nothing was written to {dest}", err=True)
+        sys.exit(128 + e.signum)
     except ImageError as e:
         raise click.ClickException(f"bad image {e.path}: {e.reason} (use --on-error skip to leave it out)") from None
-    except (DatasetError, IDXError, FileNotFoundError) as e:
+    except (DatasetError, IDXError, FileNotFoundError, OutputPathError) as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:  # a read or write failure the library does not name itself (permission, I/O error)
+        raise click.ClickException(f"{e.filename or dest}: {e.strerror or e}") from None
     finally:
         if bar is not None:
             bar.close()
 
+    for stale in report.removed_stale:
+        click.echo(f"Removed {stale}, left by an earlier build that was killed.")
     click.echo(f"Wrote {report.count} images of {report.channels}x{report.resolution}x{report.resolution} "
                f"to {report.dest} (source: {report.source_kind}, {report.num_candidates} candidates"
                f"{', labels stored' if report.has_labels else ''}).")

@@ -6,18 +6,29 @@ On-disk format (a directory):
     dataset.json  {"format": "opstylegan-dataset", "version": 1, resolution, channels, count, source,
                    skipped: [{name, reason}], sha256: {"images.npy": ...}, ...}
 
-The dataset is written into a hidden temporary directory beside `dest` and renamed onto `dest` only
-when complete, so an error or Ctrl-C never leaves a half-written dataset behind. Images are decoded
-one at a time and streamed into a memory-mapped `images.npy`; peak memory is one image (plus, for
-IDX sources, the decoded IDX array itself).
+The dataset is written into a hidden temporary directory `.DEST.building-<host>-<pid>-*` beside `dest`
+and renamed onto `dest` only when complete, so an error or Ctrl-C never leaves a half-written dataset
+behind; the building folders of processes that died without cleaning up (SIGKILL, power loss) are
+removed by the next build of the same destination on the same host. Images are decoded one at a time
+and written to `images.npy` in order; peak memory is one image (plus, for IDX sources, the decoded IDX
+array itself).
+
+Disk space: the size of `images.npy` is known before the first image is decoded (count x C x H x W
+bytes), so the free space is checked up front and the file is preallocated (`os.posix_fallocate`); a
+disk that still fills up (another writer) ends the build with a `DatasetError` naming the disk and
+the space needed, never with a half-written file. The file is written with plain writes, not through a
+memory map: a memory-mapped write to a full tmpfs kills the process with SIGBUS instead of raising.
 """
 
 from __future__ import annotations
 
 import ast
+import errno
 import json
 import os
+import re
 import shutil
+import socket
 import struct
 import tempfile
 from collections.abc import Callable
@@ -38,6 +49,7 @@ from opstylegan.data.images import (
     pad_to,
 )
 from opstylegan.io.atomic import sha256_file
+from opstylegan.io.outdir import prepare_outdir
 
 FORMAT_NAME = "opstylegan-dataset"
 FORMAT_VERSION = 1
@@ -46,6 +58,10 @@ LABELS_FILE = "labels.npy"
 META_FILE = "dataset.json"
 
 ProgressFn = Callable[[int, int], None]
+
+#: Space kept free beyond the dataset's files (dataset.json, the file system's own blocks).
+SPACE_MARGIN = 1 << 20
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class DatasetError(ValueError):
@@ -73,6 +89,7 @@ class BuildReport:
     skipped: list[SkippedFile] = field(default_factory=list)
     has_labels: bool = False
     sha256: str = ""
+    removed_stale: list[Path] = field(default_factory=list)  # building folders of dead processes, removed
 
     @property
     def num_skipped(self) -> int:
@@ -182,15 +199,97 @@ def _open_source(source: Path, split: str) -> _Source:
 # Output
 
 
+def is_dataset_dir(path: PathLike) -> bool:
+    """True when `path` is a folder holding a dataset.json of this format (what `overwrite` may replace)."""
+    try:
+        meta = json.loads((Path(path) / META_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT_NAME
+
+
 def _check_dest(source: Path, dest: Path, overwrite: bool) -> None:
     if dest.exists() and not dest.is_dir():
         raise DatasetError(f"destination {dest} exists and is not a directory")
-    if dest.is_dir() and any(dest.iterdir()) and not overwrite:
-        raise DatasetError(
-            f"destination {dest} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
     src, dst = source.resolve(), dest.resolve()
     if src == dst or dst in src.parents:
         raise DatasetError(f"destination {dest} would replace the source {source}; choose another destination")
+    if dest.is_dir() and any(dest.iterdir()):
+        if not overwrite:
+            raise DatasetError(
+                f"destination {dest} exists and is not empty; pass overwrite=True (--overwrite) to replace it")
+        if not is_dataset_dir(dest):
+            raise DatasetError(
+                f"destination {dest} is not a dataset built by opstylegan (no {META_FILE} of format "
+                f"{FORMAT_NAME!r}), so it is not replaced, even with overwrite; delete it yourself or choose "
+                f"another destination")
+
+
+def _mount_point(path: Path) -> Path:
+    path = path.resolve()
+    while not os.path.ismount(path) and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _no_space_message(folder: Path, needed: int, free: int, *, while_writing: str = "") -> str:
+    state = (f"{free / 1e6:.1f} MB were free at the start, but the disk filled up while writing ({while_writing})"
+             if while_writing else f"{free / 1e6:.1f} MB are free")
+    return (f"not enough space on the disk holding {folder} (mounted at {_mount_point(folder)}): the dataset "
+            f"needs {needed / 1e6:.1f} MB, {state}; nothing was written; free some space or choose another "
+            f"destination")
+
+
+def _building_prefix(dest: Path) -> str:
+    return f".{dest.name}.building-{socket.gethostname()}-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_builds(dest: PathLike) -> list[Path]:
+    """Removes `.DEST.building-<host>-<pid>-*` folders beside `dest` left by dead processes of this host.
+
+    A build killed without a chance to clean up (SIGKILL, a power loss) leaves its temporary folder;
+    a folder of a live process (or of another host sharing the file system) is never touched.
+    """
+    dest = Path(dest)
+    if not dest.parent.is_dir():
+        return []
+    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.building-(?P<host>.+)-(?P<pid>\d+)-[^-]+$")
+    removed = []
+    for p in dest.parent.iterdir():
+        m = pattern.match(p.name)
+        if m and p.is_dir() and m["host"] == socket.gethostname() and not _pid_alive(int(m["pid"])):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return sorted(removed)
+
+
+def _open_images_file(path: Path, shape: tuple[int, int, int, int]) -> Any:
+    """Create an .npy file for uint8 `shape`, preallocated on disk; returns it open for writing at the data."""
+    f = open(path, "wb")  # noqa: SIM115 - returned to the caller, who closes it
+    try:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": shape})
+        f.flush()
+        size = f.tell() + int(np.prod(shape, dtype=np.int64))
+        if hasattr(os, "posix_fallocate"):
+            try:
+                os.posix_fallocate(f.fileno(), 0, size)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise  # ENOSPC surfaces here, before any image is decoded
+    except BaseException:
+        f.close()
+        raise
+    return f
 
 
 def _shrink_npy(path: Path, count: int) -> None:
@@ -216,6 +315,9 @@ def _shrink_npy(path: Path, count: int) -> None:
 
 def _install(tmp: Path, dest: Path) -> None:
     """Move the finished dataset onto `dest`, replacing an empty or (already approved) existing one."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp made it private (0700); a dataset gets the usual permissions
     if not dest.exists():
         os.replace(tmp, dest)
         return
@@ -245,7 +347,8 @@ def build_dataset(
         source: a folder of images (searched recursively: FFHQ / CelebA-HQ nested folders work),
             a .zip of images, a single image, an IDX `*-images-idx3-ubyte[.gz]` file, or a folder
             holding IDX files (then `split` picks `train-*` or `t10k-*`/`test-*`).
-        dest: the output directory; must not exist or be empty unless `overwrite`.
+        dest: the output directory; must not exist or be empty, unless `overwrite` and it holds a dataset
+            (a dataset.json of this format): any other folder is never replaced.
         resolution: output size, a power of two in [16, 1024].
         channels: 1 (grayscale) or 3 (RGB); sources are converted as in `load_image`.
         on_error: "skip" leaves out unreadable / too-small images and lists them in the report;
@@ -260,7 +363,9 @@ def build_dataset(
 
     Raises:
         FileNotFoundError: `source` does not exist.
-        DatasetError: unusable source or destination, or no image survived.
+        DatasetError: unusable source or destination (also: `overwrite` of a folder that is not a dataset,
+            not enough disk space up front or a disk that fills up while writing), or no image survived.
+        OutputPathError: the folder of `dest` cannot be created or written (permission, a file in the way).
         ImageError: with on_error="fail", the first bad image.
         ValueError: an invalid argument.
     """
@@ -278,16 +383,40 @@ def build_dataset(
     source, dest = Path(source), Path(dest)
     src = _open_source(source, split)
     _check_dest(source, dest, overwrite)
+    prepare_outdir(dest.parent)  # a file in the way, no permission, read-only: refused before any work
+    removed_stale = remove_stale_builds(dest)
 
     capacity = src.count if max_images is None else min(src.count, max_images)
     upscale = allow_upscale or src.fixed_size
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.building-", dir=dest.parent))
+    shape = (capacity, channels, resolution, resolution)
+    needed = int(np.prod(shape, dtype=np.int64)) + (8 * capacity if src.labels is not None else 0) + SPACE_MARGIN
+    free = shutil.disk_usage(dest.parent).free
+    if free < needed:
+        raise DatasetError(_no_space_message(dest.parent, needed, free))
     try:
-        images_path = tmp / IMAGES_FILE
-        out = np.lib.format.open_memmap(
-            images_path, mode="w+", dtype=np.uint8, shape=(capacity, channels, resolution, resolution)
-        )
+        tmp = Path(tempfile.mkdtemp(prefix=_building_prefix(dest), dir=dest.parent))
+        try:
+            report = _write_dataset(src, source, dest, tmp, shape, on_error=on_error, max_images=max_images,
+                                    fit=fit, split=split, upscale=upscale, progress=progress)
+            _install(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    except OSError as e:
+        if e.errno not in _NO_SPACE:
+            raise
+        raise DatasetError(_no_space_message(dest.parent, needed, free, while_writing=e.strerror or "ENOSPC")) from None
+    report.removed_stale = removed_stale
+    return report
+
+
+def _write_dataset(src: _Source, source: Path, dest: Path, tmp: Path, shape: tuple[int, int, int, int], *,
+                   on_error: str, max_images: int | None, fit: str, split: str, upscale: bool,
+                   progress: ProgressFn | None) -> BuildReport:
+    """Decode, fit and write every image of `src` into the folder `tmp`; returns the report (see build_dataset)."""
+    capacity, channels, resolution = shape[0], shape[1], shape[2]
+    images_path = tmp / IMAGES_FILE
+    with _open_images_file(images_path, shape) as out:
         kept: list[int] = []
         skipped: list[SkippedFile] = []
         # Progress counts source images looked at; with max_images, images kept (skips may follow).
@@ -302,36 +431,32 @@ def build_dataset(
                     raise
                 skipped.append(SkippedFile(e.path, e.reason))
             else:
-                out[len(kept)] = img.transpose(2, 0, 1)  # [H, W, C] -> [C, H, W]
+                out.write(np.ascontiguousarray(img.transpose(2, 0, 1)).tobytes())  # [H, W, C] -> [C, H, W]
                 kept.append(i)
             if progress is not None:
                 progress(i + 1 if max_images is None else len(kept), total)
         out.flush()
-        del out  # close the memmap before resizing the file
-        if not kept:
-            first = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:3])
-            raise DatasetError(f"{source}: no usable images ({len(skipped)} skipped; {first})")
-        if len(kept) < capacity:
-            _shrink_npy(images_path, len(kept))
-        if src.labels is not None:
-            np.save(tmp / LABELS_FILE, src.labels[np.asarray(kept)])
-        report = BuildReport(
-            dest=dest, count=len(kept), resolution=resolution, channels=channels, source_kind=src.kind,
-            num_candidates=src.count, skipped=skipped, has_labels=src.labels is not None,
-            sha256=sha256_file(images_path),
-        )
-        meta = {
-            "format": FORMAT_NAME, "version": FORMAT_VERSION, "resolution": resolution, "channels": channels,
-            "count": report.count, "source": str(source.resolve()), "source_kind": src.kind, "fit": fit,
-            "split": split if src.kind == "idx" else None, "has_labels": report.has_labels,
-            "num_skipped": len(skipped), "skipped": [asdict(s) for s in skipped],
-            "sha256": {IMAGES_FILE: report.sha256},
-        }
-        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
-        _install(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        os.fsync(out.fileno())
+    if not kept:
+        first = "; ".join(f"{s.name}: {s.reason}" for s in skipped[:3])
+        raise DatasetError(f"{source}: no usable images ({len(skipped)} skipped; {first})")
+    if len(kept) < capacity:
+        _shrink_npy(images_path, len(kept))
+    if src.labels is not None:
+        np.save(tmp / LABELS_FILE, src.labels[np.asarray(kept)])
+    report = BuildReport(
+        dest=dest, count=len(kept), resolution=resolution, channels=channels, source_kind=src.kind,
+        num_candidates=src.count, skipped=skipped, has_labels=src.labels is not None,
+        sha256=sha256_file(images_path),
+    )
+    meta = {
+        "format": FORMAT_NAME, "version": FORMAT_VERSION, "resolution": resolution, "channels": channels,
+        "count": report.count, "source": str(source.resolve()), "source_kind": src.kind, "fit": fit,
+        "split": split if src.kind == "idx" else None, "has_labels": report.has_labels,
+        "num_skipped": len(skipped), "skipped": [asdict(s) for s in skipped],
+        "sha256": {IMAGES_FILE: report.sha256},
+    }
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return report
 
 

@@ -2,8 +2,10 @@
 
 Decoding goes through Pillow, but no Pillow exception escapes: every unreadable input (missing decoder,
 zero-byte file, text file named .png, truncated stream, decompression bomb) becomes an `ImageError`
-that names the file and says why. Pillow's global `ImageFile.LOAD_TRUNCATED_IMAGES` is never touched,
-so a truncated file is an error here, not a silently grey-filled image.
+that names the file and says why. Encoded bytes are bounded too (`max_image_file_bytes`): a file or zip
+member larger than any image Pillow would decode is refused from its declared size, and reads stop
+there, so a zip bomb never inflates into memory. Pillow's global `ImageFile.LOAD_TRUNCATED_IMAGES` is
+never touched, so a truncated file is an error here, not a silently grey-filled image.
 
 Conventions: numpy images are uint8 `[H, W, C]` (C = 1 or 3, never a 2-D array); torch images are
 `[N, C, H, W]`, float in [-1, 1] (the StyleGAN convention) or uint8 in [0, 255].
@@ -15,8 +17,9 @@ import io
 import math
 import os
 import zipfile
+import zlib
 from pathlib import Path
-from typing import Union
+from typing import BinaryIO, Literal, Union
 
 import numpy as np
 import torch
@@ -41,6 +44,63 @@ class ImageError(ValueError):
         super().__init__(f"{path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+_READ_CHUNK = 1 << 20
+
+
+def max_image_file_bytes() -> int | None:
+    """The largest encoded image file (or zip member) that is read, in bytes; None when unlimited.
+
+    Derived from Pillow's decompression-bomb limit, which refuses images of more than
+    2 * `PIL.Image.MAX_IMAGE_PIXELS` pixels: such an image stored uncompressed as 8-bit RGBA (4 bytes a
+    pixel), plus 1 MiB for headers and metadata. With the default limit this is about 717 MB. Raise
+    `Image.MAX_IMAGE_PIXELS` to read larger files; setting it to None lifts both limits.
+    """
+    if Image.MAX_IMAGE_PIXELS is None:
+        return None
+    return 2 * int(Image.MAX_IMAGE_PIXELS) * 4 + (1 << 20)
+
+
+MaxBytes = Union[int, None, Literal["auto"]]
+
+
+def _limit(max_bytes: MaxBytes) -> int | None:
+    return max_image_file_bytes() if max_bytes == "auto" else max_bytes  # type: ignore[return-value]
+
+
+def _too_large(what: str, limit: int) -> str:
+    return (f"refused: {what}, more than any image Pillow decodes ({limit / 1e6:.1f} MB at "
+            f"PIL.Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS}); a decompression bomb?")
+
+
+def _read_bounded(f: BinaryIO, limit: int | None, label: str) -> bytes:
+    """All bytes of `f`, read in 1 MiB chunks; ImageError as soon as more than `limit` bytes arrive."""
+    chunks, total = [], 0
+    while chunk := f.read(_READ_CHUNK):
+        total += len(chunk)
+        if limit is not None and total > limit:
+            raise ImageError(label, _too_large(f"its data exceeds {limit / 1e6:.1f} MB", limit))
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def read_image_file(path: PathLike, *, name: str | None = None, max_bytes: MaxBytes = "auto") -> bytes:
+    """The bytes of an image file, refused (ImageError) when larger than `max_bytes`.
+
+    `max_bytes="auto"` (the default) means `max_image_file_bytes()`; None reads any size.
+    """
+    path = Path(path)
+    label = name or str(path)
+    limit = _limit(max_bytes)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if limit is not None and size > limit:
+                raise ImageError(label, _too_large(f"the file is {size / 1e6:.1f} MB", limit))
+            return _read_bounded(f, limit, label)
+    except OSError as e:
+        raise ImageError(label, f"cannot read file ({e.strerror or e})") from None
 
 
 def _check_channels(channels: int | None) -> None:
@@ -122,10 +182,7 @@ def load_image(
             raise FileNotFoundError(f"image file not found: {path}")
         if path.is_dir():
             raise ImageError(label, "is a directory, expected an image file")
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            raise ImageError(label, f"cannot read file ({e.strerror or e})") from None
+        data = read_image_file(path, name=label)
     if not data:
         raise ImageError(label, "empty file (0 bytes)")
     try:
@@ -299,10 +356,14 @@ class ImageFiles:
     `names` are posix paths relative to the folder / zip root (the file name for a single file),
     sorted. Hidden files, `__MACOSX` folders and non-image extensions are ignored. A zip is opened on
     first read and re-opened after pickling, so instances can be sent to DataLoader workers.
+
+    `max_bytes` bounds the bytes read for one image (a file, or a zip member's declared and actual
+    size): "auto" (default) = `max_image_file_bytes()`, None = no bound.
     """
 
-    def __init__(self, path: PathLike) -> None:
+    def __init__(self, path: PathLike, *, max_bytes: MaxBytes = "auto") -> None:
         self.path = Path(path)
+        self.max_bytes = max_bytes
         if not self.path.exists():
             raise FileNotFoundError(f"no such file or folder: {self.path}")
         self._zip: zipfile.ZipFile | None = None
@@ -342,15 +403,22 @@ class ImageFiles:
 
     def read_bytes(self, index: int) -> bytes:
         """The encoded bytes of image `index`; unreadable data raises ImageError naming it."""
-        name = self.names[index]
+        name, label = self.names[index], self.display_name(index)
+        limit = _limit(self.max_bytes)
+        if self.kind != "zip":
+            return read_image_file(self.path / name if self.kind == "folder" else self.path, name=label,
+                                   max_bytes=limit)
         try:
-            if self.kind == "zip":
-                if self._zip is None:
-                    self._zip = zipfile.ZipFile(self.path)
-                return self._zip.read(name)
-            return (self.path / name if self.kind == "folder" else self.path).read_bytes()
-        except (OSError, zipfile.BadZipFile, EOFError) as e:
-            raise ImageError(self.display_name(index), f"cannot read ({e})") from None
+            if self._zip is None:
+                self._zip = zipfile.ZipFile(self.path)
+            info = self._zip.getinfo(name)
+            # The declared size first (free), then the bytes really inflated (the header may lie).
+            if limit is not None and info.file_size > limit:
+                raise ImageError(label, _too_large(f"the zip declares {info.file_size / 1e6:.1f} MB", limit))
+            with self._zip.open(info) as f:
+                return _read_bounded(f, limit, label)
+        except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as e:
+            raise ImageError(label, f"cannot read ({e})") from None
 
     def load(self, index: int, *, channels: int | None = None) -> np.ndarray:
         """Decode image `index` with `load_image`."""
