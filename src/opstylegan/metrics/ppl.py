@@ -13,6 +13,11 @@ exist in this generator, so nothing else varies between the two images.
 
 Sample ``i`` draws its ``z0, z1, t`` from its own RNG seeded by ``(seed, i)``: the result depends on the seed
 and ``num_samples``, not on ``batch_size`` (up to float32 rounding, amplified by ``1 / epsilon^2``).
+Down-sampling at 512 px and more: the factor is the (cropped) image's size // 256, as the original TensorFlow
+StyleGAN2 computes it, so what LPIPS sees is always 256 px or a little less: the size VGG16 was trained for.
+stylegan2-ada uses ``img_resolution // 256`` after the crop, which gives 128 px faces for a cropped 1024 px
+generator; PPL with ``crop=True`` at >= 512 px therefore differs from stylegan2-ada's (uncropped, and below
+512 px, the two agree).
 Differences to stylegan2-ada: LPIPS is the official v0.1 VGG16 (:class:`~opstylegan.metrics.lpips.LPIPS`),
 whose small-input rule upsamples images below 32 px (see that module).
 """

@@ -83,6 +83,12 @@ def conv2d_resample(x: torch.Tensor, w: torch.Tensor, f: torch.Tensor | None = N
     x: [N, groups*I, H, W]; w: [groups*O, I, kh, kw] (square kernels). Upsampling uses a stride-2
     transposed convolution followed by the FIR filter (4x fewer multiply-adds than filtering first);
     downsampling filters first and then uses a strided convolution.
+
+    Orientation: every path correlates with `w`, as F.conv2d does (up=2 = zero insertion, then correlation
+    with `w`). NVIDIA's StyleGAN2 (`conv2d_resample(..., flip_weight=(up == 1))`) instead applies a true
+    convolution in its up-sampling layers, i.e. correlation with `w` flipped in both spatial axes. Training
+    from scratch does not care (the kernels are learned either way), but the up-sampling `conv0` weights of
+    an NVIDIA network must be flipped with `w.flip([2, 3])` to give the same images here.
     """
     if up not in (1, 2) or down not in (1, 2) or (up > 1 and down > 1):
         raise ValueError(f"conv2d_resample supports up=2 or down=2 (not both); got up={up}, down={down}")
