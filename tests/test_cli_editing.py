@@ -15,6 +15,7 @@ from opstylegan.cli.main import cli
 from opstylegan.data.images import from_tensor, save_image
 from opstylegan.editing import interpolate as interp_mod
 from opstylegan.inversion.latents_io import load_latent, save_latent
+from opstylegan.io.images_out import labelled_grid
 from opstylegan.models.generator import Generator
 
 
@@ -60,17 +61,18 @@ def test_interpolate_default_subcommand_writes_strips_gifs_and_midpoints(world, 
     assert info["space"] == "W" and info["names"] == ["img0", "img1", "img2"] and len(info["pairs"]) == 3
     assert [p["index"] for p in info["pairs"]] == [[0, 1], [0, 2], [1, 2]]
     with Image.open(out / "strips" / "pair0000-0002.png") as im:
-        strip = np.asarray(im)
-    assert strip.shape == (32, 4 * 32)
+        strip = np.asarray(im)[:, :, None]
     G = world["G"]
-    with torch.no_grad():
-        ends = from_tensor(G.synthesis(world["W"][[0, 2]]))[..., 0]  # [2, 32, 32]
-    assert np.abs(strip[:, :32].astype(int) - ends[0]).max() <= 1  # first frame is image 0
-    assert np.abs(strip[:, -32:].astype(int) - ends[1]).max() <= 1  # last frame is image 2
+    with torch.no_grad():  # the path from image 0 to image 2 at t = 0, 1/3, 2/3, 1
+        path = world["W"][0] + torch.tensor([0, 1 / 3, 2 / 3, 1]).view(-1, 1, 1) * (world["W"][2] - world["W"][0])
+        frames = from_tensor(G.synthesis(path).clamp(-1, 1))  # [4, 32, 32, 1]
+    expected = labelled_grid([list(frames)], col_labels=["t=0.00", "t=0.33", "t=0.67", "t=1.00"])
+    assert strip.shape == expected.shape and strip.shape[0] >= 128  # 32 px frames enlarged 4x, labelled
+    assert np.abs(strip.astype(int) - expected).max() <= 1
     with Image.open(out / "animations" / "pair0001-0002.gif") as im:
-        assert im.n_frames == 4
+        assert im.n_frames == 4 and im.size == (32, 32)
     with Image.open(out / "midpoints_000.png") as im:
-        assert im.size == (2 * 32, 2 * 32)  # 3 midpoints on a 2x2 grid
+        assert im.size[0] > 2 * 128 and im.size[1] > 2 * 128  # 3 midpoints on a 2x2 grid, enlarged
     # Consecutive pairs through the explicit subcommand, latents from a folder.
     r = run("interpolate", "paths", "--model", world["model"], "--latents", lat, "--steps", 3, "--no-strips",
             "--outdir", tmp_path / "c")
@@ -141,7 +143,7 @@ def test_interpolate_injectivity(world, tmp_path):
     a = load_latent(out / "target000_a.safetensors", world["G"])
     assert a.space == "W" and a.metadata["init"] == "random"
     with Image.open(out / "target000_path.png") as im:
-        assert im.size == (4 * 32, 32)  # target + 3 path images
+        assert im.size[0] > 4 * 128 and im.size[1] > 128  # target + 3 path images, enlarged and labelled
 
 
 def test_edit_fit_apply_grid(world, tmp_path):
@@ -159,24 +161,38 @@ def test_edit_fit_apply_grid(world, tmp_path):
     assert r.exit_code == 0, r.output
     e = json.loads((tmp_path / "a" / "edit.json").read_text())
     assert e["sigmas"] == [-3.0, 0.0, 3.0] and e["items"][0]["edited_space"] == "W+" and e["layers"] == [0, 2]
-    with Image.open(tmp_path / "a" / "img1_c02.png") as im:
-        strip = np.asarray(im)
+    assert e["items"][0]["strip"] == "000_img1_W-matrix_c02.png"
+    with Image.open(tmp_path / "a" / "000_img1_W-matrix_c02.png") as im:
+        strip = np.asarray(im)[:, :, None]
     with torch.no_grad():
-        orig = from_tensor(G.synthesis(world["W"][1:2]))[0, :, :, 0]
-    assert strip.shape == (32, 96)
-    assert np.abs(strip[:, 32:64].astype(int) - orig).max() <= 1  # sigma 0: the unedited image
-    assert np.abs(strip[:, :32].astype(int) - orig).max() > 5  # sigma -3 changes it
+        orig = from_tensor(G.synthesis(world["W"][1:2]))[0]
+    same = labelled_grid([[orig, orig, orig]], col_labels=["sigma -3", "sigma +0", "sigma +3"])
+    assert strip.shape == same.shape
+    diff = np.abs(strip.astype(int) - same)[..., 0]
+    cell = [diff[:, 2 + j * 130:2 + j * 130 + 128] for j in range(3)]  # 128 px cells after 2 px of padding
+    assert cell[1].max() <= 1  # sigma 0: the unedited image
+    assert cell[0].max() > 5  # sigma -3 changes it
 
     r = run("edit", "apply", "--model", model, "--components", comps, "--seeds", "0-1", "--component", 0,
             "--sigma", "1", "--outdir", tmp_path / "s")
     assert r.exit_code == 0, r.output
-    assert sorted(p.name for p in (tmp_path / "s").glob("*.png")) == ["seed0000_c00.png", "seed0001_c00.png"]
+    assert sorted(p.name for p in (tmp_path / "s").glob("*.png")) == ["000_seed0000_W-matrix_c00.png",
+                                                                      "001_seed0001_W-matrix_c00.png"]
+
+    # The same name in two spaces (and twice in one) gives one strip each, never a shared file.
+    r = run("edit", "apply", "--model", model, "--components", comps, "--latent", world["lat"] / "img0.safetensors",
+            "--latent", world["root"] / "wplus.safetensors", "--latent", world["lat"] / "img0.safetensors",
+            "--component", 0, "--sigma", "1", "--outdir", tmp_path / "d")
+    assert r.exit_code == 0, r.output
+    strips = [i["strip"] for i in json.loads((tmp_path / "d" / "edit.json").read_text())["items"]]
+    assert strips == ["000_img0_W-matrix_c00.png", "001_wplus_w-plus_c00.png", "002_img0_W-matrix_c00.png"]
+    assert all((tmp_path / "d" / f).is_file() for f in strips)
 
     r = run("edit", "grid", "--model", model, "--components", comps, "--seeds", "3", "--top", 3, "--sigma", "-2..2",
             "--steps", 3, "--outdir", tmp_path / "g")
     assert r.exit_code == 0, r.output
-    with Image.open(tmp_path / "g" / "seed0003.png") as im:
-        assert im.size == (3 * 32, 3 * 32)
+    with Image.open(tmp_path / "g" / "000_seed0003.png") as im:
+        assert im.size[0] > 3 * 128 and im.size[1] > 3 * 128  # 3 x 3 cells enlarged 4x, labelled
 
     # User mistakes.
     r = run("edit", "apply", "--model", model, "--components", comps, "--seeds", "0", "--latent",

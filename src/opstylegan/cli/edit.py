@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 import torch
 
 from opstylegan.cli.common import SeedList, device_option, load_generator, resolve_device, write_json
@@ -98,6 +98,20 @@ def _layers(spec: str | None, G: Any) -> range | None:
         raise click.BadParameter(str(e), param_hint="--layers") from None
 
 
+def _outdir(path: str) -> Path:
+    """Create --outdir and prove it writable, before any work."""
+    from opstylegan.io.outdir import prepare_outdir
+
+    try:
+        return prepare_outdir(path)
+    except OSError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _sigma_labels(sigmas: list[float]) -> list[str]:
+    return [f"sigma {v:+.3g}" for v in sigmas]
+
+
 # ----------------------------------------------------------------------------------------------------------
 
 @command.command(name="fit", epilog=EXAMPLES)
@@ -128,11 +142,18 @@ def fit_command(model, samples, components, rows_per_matrix, seed, truncation_ps
     if rows_per_matrix is not None and G.overparam and rows_per_matrix > G.rows:
         raise click.BadParameter(f"this model has R = {G.rows} rows, got {rows_per_matrix}",
                                  param_hint="--rows-per-matrix")
+    out = _outdir(outdir)
     with click.progressbar(length=samples, label="sampling", file=None) as bar:
         gs = fit_ganspace(G, samples, components, seed=seed, rows_per_matrix=rows_per_matrix,
                           truncation_psi=truncation_psi, batch_size=batch,
                           progress=lambda done, _n: bar.update(done - bar.pos))
-    st_path, json_path = gs.save(Path(outdir) / "ganspace.safetensors")
+    try:
+        st_path, json_path = gs.save(out / "ganspace.safetensors")
+    except OSError as e:
+        from opstylegan.io.outdir import describe_os_error
+
+        click.echo(json.dumps({**gs.info(), "components": gs.components.tolist(), "mean": gs.mean.tolist()}))
+        raise click.ClickException(f"{describe_os_error(e)}; the fitted components are printed above") from None
     ratio = gs.explained_variance_ratio
     click.echo(f"wrote {st_path} and {json_path.name}: top {gs.num_components} components explain "
                f"{float(ratio.sum()):.1%} of the variance (first: {float(ratio[0]):.1%})")
@@ -156,11 +177,18 @@ def fit_command(model, samples, components, rows_per_matrix, seed, truncation_ps
 @device_option
 def apply_command(model, components_path, latent_paths, seeds, component, sigma, steps, layers, truncation_psi, gif,
                   outdir, device):
-    """Add sigma * std_k * c_k to every vector / row of each latent and write one strip per latent."""
-    from opstylegan.data.images import from_tensor, make_grid, save_image
+    """Add sigma * std_k * c_k to every vector / row of each latent and write one strip per latent.
+
+    Strips are named <n>_<latent name>_<space>_c<k>.png (n: the latent's position in the command, so the same
+    name in two spaces, or a seed given twice, never shares a file); edit.json lists them.
+    """
+    from opstylegan.data.images import from_tensor, save_image
     from opstylegan.editing.ganspace import edit_latents
     from opstylegan.editing.interpolate import render_latents, save_gif
     from opstylegan.inversion.latents_io import LatentFileError, load_latent
+    from opstylegan.inversion.runs import SPACE_DIRS
+    from opstylegan.io.images_out import labelled_grid
+    from opstylegan.io.outdir import describe_os_error
 
     if bool(latent_paths) == (seeds is not None):
         raise click.UsageError("give exactly one of --latent FILE or --seeds LIST")
@@ -184,21 +212,29 @@ def apply_command(model, components_path, latent_paths, seeds, component, sigma,
         with torch.no_grad():
             w = G.mapping(G.z_from_seeds(seeds), truncation_psi=truncation_psi)
         items = [(f"seed{s:04d}", w[i], G.native_space) for i, s in enumerate(seeds)]
-    out = Path(outdir)
+    out = _outdir(outdir)
     records = []
-    for name, latent, space in items:
-        edited, out_space = edit_latents(G, latent, space, gs, component, sigmas, layers=layer_range)
-        frames = from_tensor(render_latents(G, edited, out_space))  # [S, H, W, C]
-        stem = f"{name}_c{component:02d}"
-        save_image(out / f"{stem}.png", make_grid(frames, ncols=len(frames)))
-        if gif:
-            save_gif(out / f"{stem}.gif", frames, pingpong=True)
-        records.append({"name": name, "space": space, "edited_space": out_space, "strip": f"{stem}.png"})
-    write_json(out / "edit.json", {"model": str(model), "components": str(components_path), "component": component,
-                                   "std": float(gs.std[component]), "sigmas": sigmas,
-                                   "layers": [layer_range.start, layer_range.stop - 1] if layer_range else None,
-                                   "truncation_psi": truncation_psi if seeds is not None else None,
-                                   "items": records})
+    try:
+        for n, (name, latent, space) in enumerate(items):
+            edited, out_space = edit_latents(G, latent, space, gs, component, sigmas, layers=layer_range)
+            try:
+                frames = from_tensor(render_latents(G, edited, out_space))  # [S, H, W, C]
+            except ValueError as e:
+                raise click.ClickException(f"{name}: {e}") from None
+            stem = f"{n:03d}_{name}_{SPACE_DIRS[space]}_c{component:02d}"
+            save_image(out / f"{stem}.png", labelled_grid([list(frames)], col_labels=_sigma_labels(sigmas)))
+            rec = {"name": name, "space": space, "edited_space": out_space, "strip": f"{stem}.png"}
+            if gif:
+                save_gif(out / f"{stem}.gif", frames, pingpong=True)
+                rec["gif"] = f"{stem}.gif"
+            records.append(rec)
+        write_json(out / "edit.json", {"model": str(model), "components": str(components_path),
+                                       "component": component, "std": float(gs.std[component]), "sigmas": sigmas,
+                                       "layers": [layer_range.start, layer_range.stop - 1] if layer_range else None,
+                                       "truncation_psi": truncation_psi if seeds is not None else None,
+                                       "items": records})
+    except OSError as e:
+        raise click.ClickException(f"{describe_os_error(e)}; {len(records)} strip(s) were written") from None
     click.echo(f"wrote {len(records)} strip(s) of {len(sigmas)} images to {out}")
 
 
@@ -219,10 +255,15 @@ def apply_command(model, components_path, latent_paths, seeds, component, sigma,
 @device_option
 def grid_command(model, components_path, seeds, top, sigma, steps, layers, truncation_psi, outdir, device):
     """Grids of the top principal components on random samples: one grid per seed, a row per component and
-    a column per sigma (paper figs. 9 and 10; the middle column is the unedited image for a symmetric range)."""
-    from opstylegan.data.images import from_tensor, save_grid
+    a column per sigma (paper figs. 9 and 10; the middle column is the unedited image for a symmetric range).
+
+    Small images are enlarged (nearest neighbour, to >= 128 px); rows are labelled with the component and its
+    share of the variance, columns with sigma. Files are <n>_seed<s>.png, n the seed's position in --seeds."""
+    from opstylegan.data.images import from_tensor, save_image
     from opstylegan.editing.ganspace import edit_latents
     from opstylegan.editing.interpolate import render_latents
+    from opstylegan.io.images_out import labelled_grid
+    from opstylegan.io.outdir import describe_os_error
 
     dev = resolve_device(device)
     G = load_generator(model, dev)
@@ -230,23 +271,31 @@ def grid_command(model, components_path, seeds, top, sigma, steps, layers, trunc
     top = min(top, gs.num_components)
     layer_range = _layers(layers, G)
     sigmas = sigma_values(sigma, steps)
-    out = Path(outdir)
+    out = _outdir(outdir)
     with torch.no_grad():
         w = G.mapping(G.z_from_seeds(seeds), truncation_psi=truncation_psi)
+    ratio = gs.explained_variance_ratio
+    row_labels = [f"c{k} {float(ratio[k]):.1%}" for k in range(top)]
     files = []
-    with click.progressbar(length=len(seeds), label="editing", file=None) as bar:
-        for i, s in enumerate(seeds):
-            rows = []
-            for k in range(top):
-                edited, out_space = edit_latents(G, w[i], G.native_space, gs, k, sigmas, layers=layer_range)
-                rows.append(from_tensor(render_latents(G, edited, out_space)))  # [S, H, W, C]
-            save_grid(out / f"seed{s:04d}.png", np.concatenate(rows), ncols=len(sigmas))
-            files.append(f"seed{s:04d}.png")
-            bar.update(1)
-    write_json(out / "grid.json", {"model": str(model), "components": str(components_path), "seeds": seeds,
-                                   "rows": list(range(top)), "sigmas": sigmas, "truncation_psi": truncation_psi,
-                                   "std": gs.std[:top].tolist(),
-                                   "explained_variance_ratio": gs.explained_variance_ratio[:top].tolist(),
-                                   "layers": [layer_range.start, layer_range.stop - 1] if layer_range else None,
-                                   "files": files})
+    try:
+        with click.progressbar(length=len(seeds), label="editing", file=None) as bar:
+            for i, s in enumerate(seeds):
+                rows = []
+                for k in range(top):
+                    edited, out_space = edit_latents(G, w[i], G.native_space, gs, k, sigmas, layers=layer_range)
+                    rows.append(list(from_tensor(render_latents(G, edited, out_space))))  # S x [H, W, C]
+                name = f"{i:03d}_seed{s:04d}.png"
+                save_image(out / name, labelled_grid(rows, col_labels=_sigma_labels(sigmas), row_labels=row_labels))
+                files.append(name)
+                bar.update(1)
+        write_json(out / "grid.json", {"model": str(model), "components": str(components_path), "seeds": seeds,
+                                       "rows": list(range(top)), "sigmas": sigmas, "truncation_psi": truncation_psi,
+                                       "std": gs.std[:top].tolist(),
+                                       "explained_variance_ratio": gs.explained_variance_ratio[:top].tolist(),
+                                       "layers": [layer_range.start, layer_range.stop - 1] if layer_range else None,
+                                       "files": files})
+    except OSError as e:
+        raise click.ClickException(f"{describe_os_error(e)}; {len(files)} grid(s) were written") from None
+    except ValueError as e:  # a component edit that renders non-finite images
+        raise click.ClickException(str(e)) from None
     click.echo(f"wrote {len(files)} grid(s) ({top} components x {len(sigmas)} sigmas) to {out}")

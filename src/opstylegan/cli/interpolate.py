@@ -71,6 +71,31 @@ def _latent_paths(opt: Sequence[str], args: Sequence[str]) -> list[str]:
     return paths
 
 
+def _outdir(path: str) -> Path:
+    """Create --outdir and prove it writable, before any work."""
+    from opstylegan.io.outdir import prepare_outdir
+
+    try:
+        return prepare_outdir(path)
+    except OSError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _write_failed(e: OSError, what: str) -> click.ClickException:
+    from opstylegan.io.outdir import describe_os_error
+
+    return click.ClickException(f"{describe_os_error(e)}; {what}")
+
+
+def _require(*names: str) -> None:
+    from opstylegan.metrics.weights import WeightsError, require_weights
+
+    try:
+        require_weights(*names)
+    except WeightsError as e:
+        raise click.ClickException(str(e)) from None
+
+
 def _load_set(paths: list[str], G: Any, min_count: int = 2) -> Any:
     from opstylegan.editing.interpolate import LatentMismatchError, load_latent_set
     from opstylegan.inversion.latents_io import LatentFileError
@@ -113,9 +138,11 @@ def paths_command(model, latents_opt, latents_args, all_pairs, steps, max_pairs,
     """Linear paths between latents: strips/*.png, animations, and grids of the 50-50 midpoints.
 
     All latents must share one space and one model. Files are named by pair index (pair0000-0001.png); the
-    latents' names are listed in interpolate.json.
+    latents' names are listed in interpolate.json. Strips and midpoint grids are enlarged (nearest neighbour, to
+    >= 128 px) and labelled (t along a strip, the pair under each midpoint); animations keep the model's size.
     """
-    from opstylegan.data.images import from_tensor, make_grid, save_grid, save_image
+    from opstylegan.data.images import from_tensor, save_image
+    from opstylegan.io.images_out import labelled_grid
     from opstylegan.editing.interpolate import (
         MP4_HINT,
         interpolation_ts,
@@ -134,52 +161,64 @@ def paths_command(model, latents_opt, latents_args, all_pairs, steps, max_pairs,
     dev = resolve_device(device)
     G = load_generator(model, dev)
     lset = _load_set(paths, G)
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _outdir(outdir)
     ts = interpolation_ts(steps)
     n = len(lset)
     total = num_pairs(n) if all_pairs else n - 1
     total = min(total, max_pairs) if max_pairs else total
     records: list[dict[str, Any]] = []
     page: list[np.ndarray] = []
+    page_names: list[str] = []
     pages: list[str] = []
     page_size = 100
+    t_labels = [f"t={t:.2f}" for t in ts.tolist()]
 
     def flush_page() -> None:
         name = f"midpoints_{len(pages):03d}.png"
-        save_grid(out / name, np.stack(page), ncols=math.ceil(math.sqrt(len(page))))
+        ncols = math.ceil(math.sqrt(len(page)))
+        rows = [page[k:k + ncols] for k in range(0, len(page), ncols)]
+        captions = [page_names[k:k + ncols] for k in range(0, len(page), ncols)]
+        save_image(out / name, labelled_grid(rows, captions=captions))
         pages.append(name)
         page.clear()
+        page_names.clear()
 
-    with click.progressbar(length=total, label="interpolating", file=None) as bar:
-        for i, j in iter_pairs(n, all_pairs=all_pairs, max_pairs=max_pairs):
-            a, b = lset.latents[i:i + 1], lset.latents[j:j + 1]
-            path = lerp_path(a, b, torch.cat([ts, ts.new_tensor([0.5])]))[0]  # [K + 1, *shape]: path + midpoint
-            frames = from_tensor(render_latents(G, path, lset.space, batch_size=batch))  # [K + 1, H, W, C]
-            frames, midpoint = frames[:-1], frames[-1]
-            stem = f"pair{i:04d}-{j:04d}"
-            rec: dict[str, Any] = {"a": lset.names[i], "b": lset.names[j], "index": [i, j]}
-            if strips:
-                save_image(out / "strips" / f"{stem}.png", make_grid(frames, ncols=len(frames)))
-                rec["strip"] = f"strips/{stem}.png"
-            if gif:
-                save_gif(out / "animations" / f"{stem}.gif", frames, fps=fps, pingpong=pingpong)
-                rec["gif"] = f"animations/{stem}.gif"
-            if mp4:
-                save_mp4(out / "animations" / f"{stem}.mp4", frames, fps=fps, pingpong=pingpong)
-                rec["mp4"] = f"animations/{stem}.mp4"
-            page.append(midpoint)
-            rec["midpoint_grid"] = f"midpoints_{len(pages):03d}.png"
-            records.append(rec)
-            if len(page) == page_size:
-                flush_page()
-            bar.update(1)
-    if page:
-        flush_page()
-    write_json(out / "interpolate.json", {
-        "model": str(model), "fingerprint": lset.fingerprint, "space": lset.space, "steps": steps,
-        "ts": ts.tolist(), "all_pairs": all_pairs, "latents": [str(p) for p in paths], "names": list(lset.names),
-        "midpoint_grids": pages, "midpoints_per_grid": page_size, "pairs": records})
+    try:
+        with click.progressbar(length=total, label="interpolating", file=None) as bar:
+            for i, j in iter_pairs(n, all_pairs=all_pairs, max_pairs=max_pairs):
+                a, b = lset.latents[i:i + 1], lset.latents[j:j + 1]
+                path = lerp_path(a, b, torch.cat([ts, ts.new_tensor([0.5])]))[0]  # [K + 1, *shape]: + midpoint
+                try:
+                    frames = from_tensor(render_latents(G, path, lset.space, batch_size=batch))  # [K + 1, H, W, C]
+                except ValueError as e:
+                    raise click.ClickException(f"pair {lset.names[i]} - {lset.names[j]}: {e}") from None
+                frames, midpoint = frames[:-1], frames[-1]
+                stem = f"pair{i:04d}-{j:04d}"
+                rec: dict[str, Any] = {"a": lset.names[i], "b": lset.names[j], "index": [i, j]}
+                if strips:
+                    save_image(out / "strips" / f"{stem}.png", labelled_grid([list(frames)], col_labels=t_labels))
+                    rec["strip"] = f"strips/{stem}.png"
+                if gif:
+                    save_gif(out / "animations" / f"{stem}.gif", frames, fps=fps, pingpong=pingpong)
+                    rec["gif"] = f"animations/{stem}.gif"
+                if mp4:
+                    save_mp4(out / "animations" / f"{stem}.mp4", frames, fps=fps, pingpong=pingpong)
+                    rec["mp4"] = f"animations/{stem}.mp4"
+                page.append(midpoint)
+                page_names.append(f"{i}-{j}")
+                rec["midpoint_grid"] = f"midpoints_{len(pages):03d}.png"
+                records.append(rec)
+                if len(page) == page_size:
+                    flush_page()
+                bar.update(1)
+        if page:
+            flush_page()
+        write_json(out / "interpolate.json", {
+            "model": str(model), "fingerprint": lset.fingerprint, "space": lset.space, "steps": steps,
+            "ts": ts.tolist(), "all_pairs": all_pairs, "latents": [str(p) for p in paths], "names": list(lset.names),
+            "midpoint_grids": pages, "midpoints_per_grid": page_size, "pairs": records})
+    except OSError as e:
+        raise _write_failed(e, f"{len(records)} path(s) were written") from None
     click.echo(f"wrote {len(records)} path(s) and {len(pages)} midpoint grid(s) to {out}")
 
 
@@ -216,11 +255,11 @@ def metrics_command(model, latents_opt, latents_args, reference, segments, max_p
     from opstylegan.metrics.weights import WeightsError
 
     paths = _latent_paths(latents_opt, latents_args)
+    _require("inception", "lpips-vgg")
     dev = resolve_device(device)
     G = load_generator(model, dev)
     lset = _load_set(paths, G)
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _outdir(outdir)
     try:
         detector = _detector(dev)
         count = 0 if Path(reference).suffix == ".npz" else len(list_images(reference))
@@ -242,7 +281,11 @@ def metrics_command(model, latents_opt, latents_args, reference, segments, max_p
         click.echo(f"warning: {w.message}", err=True)
     summary = {**res.to_dict(), "model": str(model), "reference": str(reference), "latents": [str(p) for p in paths],
                "pairs": [list(p) for p in res.pairs], "path_lengths": res.path_lengths.tolist()}
-    write_json(out / "editability.json", summary)
+    try:
+        write_json(out / "editability.json", summary)
+    except OSError as e:
+        click.echo(json.dumps(summary))
+        raise _write_failed(e, "the results are printed above") from None
     click.echo(json.dumps({k: summary[k] for k in ("fid", "ppl", "num_pairs", "space")}))
 
 
@@ -280,8 +323,10 @@ def injectivity_command(model, targets, space, steps, points, seed, outdir, gif,
     from opstylegan.editing.injectivity import non_injectivity
     from opstylegan.editing.interpolate import save_gif
     from opstylegan.inversion.latents_io import save_latent
+    from opstylegan.io.images_out import labelled_grid
     from opstylegan.latent import LatentError
 
+    _require("lpips-vgg")
     dev = resolve_device(device)
     G = load_generator(model, dev)
     try:
@@ -290,8 +335,7 @@ def injectivity_command(model, targets, space, steps, points, seed, outdir, gif,
     except (image_io.ImageError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from None
     target_tensor = image_io.to_tensor(np.stack(imgs))  # [N, H, W, C] uint8 -> [N, C, H, W] in [-1, 1]
-    out = Path(outdir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _outdir(outdir)
     try:
         with click.progressbar(length=steps, label="inverting twice", file=None) as bar:
             res = non_injectivity(G, target_tensor, space, steps=steps, num_points=points, seed=seed,
@@ -299,17 +343,24 @@ def injectivity_command(model, targets, space, steps, points, seed, outdir, gif,
     except (LatentError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     summary = res.summary()
-    for i, t in enumerate(targets):
-        frames = image_io.from_tensor(res.images[i])  # [K, H, W, C]
-        row = np.concatenate([imgs[i][None], frames])  # target first
-        image_io.save_image(out / f"target{i:03d}_path.png", image_io.make_grid(row, ncols=len(row)))
-        if gif:
-            save_gif(out / f"target{i:03d}_path.gif", frames, pingpong=True)
-        for tag, lat in (("a", res.latents_a[i]), ("b", res.latents_b[i])):
-            save_latent(out / f"target{i:03d}_{tag}.safetensors", lat, space=res.space, fingerprint=res.fingerprint,
-                        metadata={"source": str(t), "steps": steps, "init": "random",
-                                  "seed": int(res.seeds[i, 0 if tag == "a" else 1])})
-        summary["per_target"][i]["target"] = str(t)
-    write_json(out / "injectivity.json", {"model": str(model), **summary})
+    t_labels = ["target", *(f"t={t:.2f}" for t in torch.linspace(0, 1, points, dtype=torch.float64).tolist())]
+    try:
+        for i, t in enumerate(targets):
+            frames = image_io.from_tensor(res.images[i])  # [K, H, W, C]
+            to_target = summary["per_target"][i]["lpips_to_target"]
+            strip = labelled_grid([[imgs[i], *frames]], col_labels=t_labels,
+                                  captions=[["", *(f"LPIPS {v:.4f}" for v in to_target)]])
+            image_io.save_image(out / f"target{i:03d}_path.png", strip)
+            if gif:
+                save_gif(out / f"target{i:03d}_path.gif", frames, pingpong=True)
+            for tag, lat in (("a", res.latents_a[i]), ("b", res.latents_b[i])):
+                save_latent(out / f"target{i:03d}_{tag}.safetensors", lat, space=res.space,
+                            fingerprint=res.fingerprint, metadata={"source": str(t), "steps": steps, "init": "random",
+                                                                   "seed": int(res.seeds[i, 0 if tag == "a" else 1])})
+            summary["per_target"][i]["target"] = str(t)
+        write_json(out / "injectivity.json", {"model": str(model), **summary})
+    except OSError as e:
+        click.echo(json.dumps({"model": str(model), **summary}))
+        raise _write_failed(e, "the results are printed above") from None
     click.echo(json.dumps({k: summary[k] for k in ("space", "endpoint_lpips", "path_lpips_max", "path_lpips_excess",
                                                    "path_length", "lpips_a_b")}))

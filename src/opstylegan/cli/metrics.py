@@ -10,6 +10,7 @@ printed. The JSON format is described in docs/METRICS.md.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import warnings
 from collections.abc import Callable
@@ -209,6 +210,7 @@ def command(model: str, data: str | None, metric_names: list[str], num: int, num
         kid_from_stats,
     )
     from opstylegan.metrics.precision_recall import pr_from_stats
+    from opstylegan.io.outdir import check_output_file, describe_os_error
     from opstylegan.metrics.ppl import perceptual_path_length
     from opstylegan.metrics.weights import WeightsError
 
@@ -233,6 +235,10 @@ def command(model: str, data: str | None, metric_names: list[str], num: int, num
                                  param_hint="--num-ppl" if num_ppl != num else "--num / --num-ppl")
     if out.exists() and out.is_dir():
         raise click.BadParameter(f"{out} is a directory; give a file name", param_hint="--out")
+    try:
+        check_output_file(out)  # the results must not be lost after hours of work
+    except OSError as e:
+        raise click.BadParameter(str(e), param_hint="--out") from None
     dev = resolve_device(device)
     G = load_generator(model, dev)
     ds = _open_data(data, G, num_real) if need_data else None
@@ -309,7 +315,11 @@ def command(model: str, data: str | None, metric_names: list[str], num: int, num
 
     record["metrics"] = results
     record["warnings"] = notes
-    write_json(out, record)
+    try:
+        write_json(out, record)
+    except OSError as e:
+        click.echo(json.dumps(record, indent=2))
+        raise click.ClickException(f"{describe_os_error(e, out)}; the results are printed above") from None
     for note in notes:
         click.echo(f"warning: {note}", err=True)
     click.echo(_table(results))

@@ -202,17 +202,34 @@ def render_latents(G: Generator, latents: torch.Tensor, space: str, *, batch_siz
     """Images ``[N, C, H, W]`` (float32 in [-1, 1], clamped, on the CPU) of latents ``[N, *shape]``, in batches.
 
     Image i depends only on latent i, never on ``batch_size`` (beyond float rounding of batched convs).
+
+    Raises:
+        ValueError: A latent holds NaN / inf, or an image comes out non-finite (a broken model); the message
+            names their indices. (Clamping would silently turn such images into black frames.)
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     check_space(space, overparam=G.overparam)
+    bad = _nonfinite_rows(latents)
+    if bad:
+        raise ValueError(f"latent(s) {bad} hold NaN or infinite values; they cannot be rendered")
     device = G.w_avg.device
     out = []
     with torch.no_grad():
         for start in range(0, latents.shape[0], batch_size):
             chunk = latents[start:start + batch_size].to(device)
-            out.append(G.synthesis(chunk, space).float().clamp(-1, 1).cpu())
-    return torch.cat(out)
+            out.append(G.synthesis(chunk, space).float().cpu())
+    images = torch.cat(out)
+    bad = _nonfinite_rows(images)
+    if bad:
+        raise ValueError(f"the model renders latent(s) {bad} as NaN or infinite images; its weights are broken")
+    return images.clamp(-1, 1)
+
+
+def _nonfinite_rows(x: torch.Tensor, limit: int = 10) -> list[int]:
+    """Indices (the first ``limit``) along axis 0 of ``x`` whose entries are not all finite."""
+    rows = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(dim=1)  # [N, ...] -> [N]
+    return rows.nonzero().flatten()[:limit].tolist()
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -87,8 +87,8 @@ def load_latent(path: str | os.PathLike[str], G: Generator | None = None, *,
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        LatentFileError: not an opstylegan latent file, or (with ``G``) its fingerprint or shape does not
-            match the model.
+        LatentFileError: not an opstylegan latent file, its values are not all finite, or (with ``G``) its
+            fingerprint or shape does not match the model.
     """
     p = Path(path)
     if not p.is_file():
@@ -105,6 +105,10 @@ def load_latent(path: str | os.PathLike[str], G: Generator | None = None, *,
     if space not in SPACES:
         raise LatentFileError(f"{str(p)!r} records an unknown latent space {space!r}")
     latent = tensors["latent"]
+    if not latent.is_floating_point() or not bool(torch.isfinite(latent).all()):
+        bad = int((~torch.isfinite(latent)).sum()) if latent.is_floating_point() else latent.numel()
+        raise LatentFileError(f"{str(p)!r} holds an unusable latent: {bad} of its {latent.numel()} values are NaN, "
+                              "infinite or not floats (an optimisation that diverged?); invert that image again")
     if G is not None:
         own = G.fingerprint()
         if fp != own:
