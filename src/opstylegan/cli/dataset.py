@@ -51,8 +51,9 @@ def _terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _power_of_two(ctx: click.Context, param: click.Parameter, value: int) -> int:
-    if value & (value - 1):
+def power_of_two(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    """click callback: an image resolution must be a power of two (range checked by the option's type)."""
+    if value is not None and value & (value - 1):
         raise click.BadParameter(f"{value} is not a power of two (16, 32, 64, ..., 1024)")
     return value
 
@@ -60,7 +61,7 @@ def _power_of_two(ctx: click.Context, param: click.Parameter, value: int) -> int
 @click.command(name="dataset", epilog=EPILOG, context_settings={"show_default": True})
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
 @click.argument("dest", type=click.Path(path_type=Path))
-@click.option("--resolution", type=click.IntRange(16, 1024), required=True, callback=_power_of_two,
+@click.option("--resolution", type=click.IntRange(16, 1024), required=True, callback=power_of_two,
               help="Output size in pixels, a power of two.")
 @click.option("--channels", type=click.Choice(["1", "3"]), required=True,
               help="1 = grayscale, 3 = RGB (alpha is composited on black).")
