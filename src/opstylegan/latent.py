@@ -80,22 +80,31 @@ def broadcast(latent: torch.Tensor, space: str, to_space: str, *, num_ws: int, r
 
 
 def normal_rows(shape: Sequence[int], *, rows: int | None, generator: torch.Generator | None = None,
-                device: torch.device | str | None = None) -> torch.Tensor:
+                device: torch.device | str | None = None, spread: float | None = None) -> torch.Tensor:
     """z ~ N(0, I) [*shape], or the correlated matrix [*shape[:-1], R, z_dim] when rows is set.
 
     Z_i = (z^(i) + z) / sqrt(2): every row is a unit Gaussian and any two rows have correlation 0.5.
+    spread = a in [0, 1] gives Z_i = sqrt(1 - a) z + sqrt(a) z^(i) instead (rows still unit Gaussians, pairwise
+    correlation 1 - a): a = 0 makes every row the shared z (the baseline's latent, used when upcycling a
+    baseline into the overparameterized model), a = 0.5 is the paper's sampling. The random draws are the
+    same for every `spread`, and row 0 of the draw is the z a baseline gets from the same generator state.
     """
     if rows is None:
         return torch.randn(*shape, generator=generator, device=device)
     *lead, z_dim = shape
     draw = torch.randn(*lead, rows + 1, z_dim, generator=generator, device=device)  # row 0 = shared z
-    return (draw[..., 1:, :] + draw[..., :1, :]) / math.sqrt(2.0)
+    if spread is None:
+        return (draw[..., 1:, :] + draw[..., :1, :]) / math.sqrt(2.0)
+    if not 0 <= spread <= 1:
+        raise LatentError(f"spread must be in [0, 1], got {spread!r}")
+    return draw[..., 1:, :] * math.sqrt(spread) + draw[..., :1, :] * math.sqrt(1 - spread)
 
 
 def z_from_seeds(seeds: Sequence[int], z_dim: int, *, rows: int | None = None,
-                 device: torch.device | str | None = None) -> torch.Tensor:
+                 device: torch.device | str | None = None, spread: float | None = None) -> torch.Tensor:
     """One latent per seed, each from its own RNG: the same seed gives the same z whatever the batch."""
-    zs = [normal_rows([z_dim], rows=rows, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    zs = [normal_rows([z_dim], rows=rows, generator=torch.Generator().manual_seed(int(s)), spread=spread)
+          for s in seeds]
     if not zs:
         raise LatentError("no seeds given")
     return torch.stack(zs).to(device)

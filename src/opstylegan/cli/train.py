@@ -9,7 +9,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
-from opstylegan.cli.common import device_option, resolve_device
+from opstylegan.cli.common import ModelRef, device_option, resolve_device
 
 EPILOG = """\b
 Examples:
@@ -19,11 +19,15 @@ Examples:
   opstylegan train --data data/ffhq256 --outdir runs --overparam --kimg 25000 --mirror
   torchrun --standalone --nproc_per_node 4 -m opstylegan train --data data/ffhq256 --outdir runs --overparam
   opstylegan train --resume runs/00003-ffhq256-overparam --kimg 30000
+  opstylegan train --data data/fmnist32 --outdir runs --overparam --init-from fmnist32-baseline --kimg 50 \
+      --upcycle-kimg 12.5 --device cpu
+  opstylegan train --data data/ffhq256 --outdir runs --init-from models/ffhq256 --init-d models/ffhq256-D --kimg 500
 """
 
 # Options that define a run; with --resume they come from the run's config.json instead.
 _RUN_OPTIONS = ("data", "outdir", "overparam", "preset", "batch", "gamma", "snap", "tick", "seed", "aug", "mirror",
-                "fp32", "workers", "lr", "fid_num", "pl_rows", "pl_weight", "style_mixing")
+                "fp32", "workers", "lr", "fid_num", "pl_rows", "pl_weight", "style_mixing", "init_from", "init_d",
+                "upcycle_kimg")
 
 
 @click.command(name="train", epilog=EPILOG, context_settings={"show_default": True})
@@ -60,6 +64,16 @@ _RUN_OPTIONS = ("data", "outdir", "overparam", "preset", "batch", "gamma", "snap
               help="Path length of a latent matrix: 'sum' = each layer's R x C matrix is its latent (the baseline's "
                    "formula); 'mean' = rows averaged like extra layers (pre-0.2 runs; ~sqrt(R) smaller, for ablations).")
 @click.option("--style-mixing", type=click.FloatRange(0, 1), default=0.9, help="Style-mixing probability.")
+@click.option("--init-from", type=ModelRef(), default=None,
+              help="Start from pretrained weights: a generator folder (e.g. from `opstylegan convert`), a shipped "
+                   "model's name, or a run folder (G, G_ema, D of its newest state). With --overparam and a "
+                   "baseline: upcycling. The networks' config comes from it (--preset is not used).")
+@click.option("--init-d", type=ModelRef(), default=None,
+              help="With --init-from: a discriminator folder to start D from (`opstylegan convert --which D`).")
+@click.option("--upcycle-kimg", type=click.FloatRange(min=0), default=None,
+              help="Upcycling: ramp the latent rows from all equal (the baseline's images) to the paper's "
+                   "correlation over this many kimg, Z_i = sqrt(1-a) z + sqrt(a) z_i, a: 0 -> 0.5 "
+                   "[default: a quarter of --kimg].")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Continue the run in this folder from its newest complete training state.")
 @device_option
@@ -67,7 +81,8 @@ _RUN_OPTIONS = ("data", "outdir", "overparam", "preset", "batch", "gamma", "snap
 def command(ctx: click.Context, data: Path | None, outdir: Path, overparam: bool, preset: str, kimg: float | None,
             batch: int | None, gamma: float | None, lr: float | None, snap: int, tick: float, seed: int, aug: str,
             mirror: bool, fp32: bool, workers: int | None, fid_num: int, pl_weight: float, pl_rows: str,
-            style_mixing: float, resume: Path | None, device: str) -> None:
+            style_mixing: float, init_from: str | None, init_d: str | None, upcycle_kimg: float | None,
+            resume: Path | None, device: str) -> None:
     """Train a StyleGAN2 (baseline) or the overparameterized StyleGAN2 on a dataset.
 
     Writes into one run folder: config.json (resolved), log.txt, stats.jsonl (one line per tick), reals.png,
@@ -90,6 +105,8 @@ def command(ctx: click.Context, data: Path | None, outdir: Path, overparam: bool
                                    f"be changed (only --kimg and --device can)")
     elif data is None:
         raise click.UsageError("give --data DATASET for a new run, or --resume RUN_DIR")
+    elif init_from is not None and ctx.get_parameter_source("preset") == ParameterSource.COMMANDLINE:
+        raise click.UsageError("--preset cannot be combined with --init-from: the network comes from the model")
 
     info = init_distributed(resolve_device(device))
     ui = _ConsoleUI(enabled=info.is_main)
@@ -100,7 +117,8 @@ def command(ctx: click.Context, data: Path | None, outdir: Path, overparam: bool
                               gamma=gamma, lr=lr, snap=snap, tick_kimg=tick, seed=seed, aug=aug, mirror=mirror,
                               fp32=fp32, workers=workers if workers is not None else
                               (3 if info.device.type == "cuda" else 0), fid_num=fid_num,
-                              pl_weight=pl_weight, pl_rows=pl_rows, style_mixing_prob=style_mixing)
+                              pl_weight=pl_weight, pl_rows=pl_rows, style_mixing_prob=style_mixing,
+                              init_from=init_from, init_d=init_d, upcycle_kimg=upcycle_kimg)
         result = train(cfg, outdir=outdir, resume=resume, kimg=kimg if resume is not None else None, info=info,
                        progress=ui.progress, callback=ui.callback)
     except TrainingDiverged as e:
@@ -163,6 +181,11 @@ class _ConsoleUI:
             self.log(f"training {'overparam' if c['overparam'] else 'baseline'} {c['preset']} "
                      f"{c['generator']['img_channels']}x{c['generator']['img_resolution']}px, batch {c['batch']}, "
                      f"gamma {c['gamma']:g}, lr {c['lr']:g}, from kimg {data['cur_nimg'] / 1000:.3f} to {c['kimg']:g}")
+            if c.get("init_from"):
+                from opstylegan.training.config import TrainConfig
+                from opstylegan.training.upcycle import describe
+
+                self.log(describe(TrainConfig.from_dict({**c, "adam_betas": tuple(c["adam_betas"])})))
         elif event == "resume":
             for skipped in data["skipped"]:
                 self.log(f"WARNING: skipped an unreadable state: {skipped}")

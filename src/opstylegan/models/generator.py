@@ -96,10 +96,13 @@ class Generator(PretrainedMixin, nn.Module):
         z = normal_rows([n, self.cfg.z_dim], rows=rows, generator=generator)
         return z.to(device if device is not None else self.w_avg.device)
 
-    def z_from_seeds(self, seeds: Sequence[int]) -> torch.Tensor:
-        """One latent per seed from its own RNG: seed s gives the same image whatever the batch size."""
+    def z_from_seeds(self, seeds: Sequence[int], *, spread: float | None = None) -> torch.Tensor:
+        """One latent per seed from its own RNG: seed s gives the same image whatever the batch size.
+
+        spread: overparam only, the rows' own share of variance (`latent.normal_rows`); None = the paper's 0.5.
+        """
         rows = self.rows if self.overparam else None
-        return z_from_seeds(seeds, self.cfg.z_dim, rows=rows, device=self.w_avg.device)
+        return z_from_seeds(seeds, self.cfg.z_dim, rows=rows, device=self.w_avg.device, spread=spread)
 
     # -- forward ------------------------------------------------------------------------------------------
     def mapping(self, z: torch.Tensor, *, truncation_psi: float = 1.0, update_emas: bool = False) -> torch.Tensor:

@@ -45,6 +45,17 @@ class TrainConfig(_Config):
     kimg: total length in thousands of real images shown to D. tick_kimg: one stats line (and progress
     report) per this many kimg. snap: network + training-state snapshot (and fakes grid) every this many
     ticks, and always at the end.
+
+    init_from: start from pretrained weights instead of a random init (stylegan2-ada's `--resume=PKL`): a model
+    folder (a generator: G and G_ema both start from it, w_avg included; e.g. one converted from an NVIDIA
+    pickle), a shipped model's name, or a run folder of `opstylegan train` (G, G_ema and D from its newest
+    training state). The network configs then come from it (`preset` is not used). init_d: a discriminator
+    model folder to start D from (else D is initialised randomly, unless init_from is a run folder).
+    upcycle_kimg: with overparam and a baseline init_from, the latent rows are sampled as
+    Z_i = sqrt(1 - a) z + sqrt(a) z^(i) with a ramped linearly from 0 (all rows equal: the overparameterized
+    G then makes exactly the baseline's images) to the paper's 0.5 over this many kimg; None resolves to a
+    quarter of `kimg` for such runs and 0 otherwise. The ramp depends only on the images seen, so a resumed
+    run continues it exactly.
     """
 
     data: str = ""
@@ -79,6 +90,9 @@ class TrainConfig(_Config):
     workers: int = 2
     fid_num: int = 0
     fid_real_num: int = 50000
+    init_from: str | None = None
+    init_d: str | None = None
+    upcycle_kimg: float | None = None
     generator: dict[str, Any] | None = None
     discriminator: dict[str, Any] | None = None
 
@@ -126,6 +140,20 @@ class TrainConfig(_Config):
                               f"{self.fid_num}, fid_real_num={self.fid_real_num}")
         if self.batch is not None and self.batch < 2:
             raise ConfigError(f"TrainConfig: batch must be >= 2 (path-length batch shrink), got {self.batch!r}")
+        for k in ("init_from", "init_d"):
+            v = getattr(self, k)
+            if v is not None and (not isinstance(v, str) or not v):
+                raise ConfigError(f"TrainConfig: {k} must be a model folder (a non-empty string) or null, got {v!r}")
+        if self.init_d is not None and self.init_from is None:
+            raise ConfigError("TrainConfig: init_d (a pretrained discriminator) needs init_from (a pretrained "
+                              "generator)")
+        if self.upcycle_kimg is not None:
+            u = self.upcycle_kimg
+            if isinstance(u, bool) or not isinstance(u, (int, float)) or not math.isfinite(u) or u < 0:
+                raise ConfigError(f"TrainConfig: upcycle_kimg must be a number >= 0 or null, got {u!r}")
+            if u > 0 and not (self.overparam and self.init_from):
+                raise ConfigError("TrainConfig: upcycle_kimg (the ramp of the latent rows' correlation) needs "
+                                  "overparam=true and init_from (a pretrained baseline)")
 
     @property
     def is_resolved(self) -> bool:
@@ -140,7 +168,14 @@ class TrainConfig(_Config):
             raise ConfigError(f"TrainConfig: batch={batch} is not divisible by the number of processes "
                               f"({world_size}); use a multiple of {world_size}")
         batch_gpu = batch // world_size
-        if self.generator is None:
+        upcycling = False
+        if self.generator is None and self.init_from is not None:
+            from opstylegan.training.upcycle import init_configs
+
+            gen, disc, from_baseline = init_configs(self, img_resolution=img_resolution, img_channels=img_channels,
+                                                    batch_gpu=batch_gpu)
+            upcycling = self.overparam and from_baseline
+        elif self.generator is None:
             p = preset(self.preset, img_resolution=img_resolution, img_channels=img_channels, overparam=self.overparam)
             g = p.generator.replace(num_fp16_res=0) if self.fp32 else p.generator
             d = p.discriminator.replace(num_fp16_res=0) if self.fp32 else p.discriminator
@@ -161,6 +196,7 @@ class TrainConfig(_Config):
             gamma=self.gamma if self.gamma is not None else auto_gamma(img_resolution, batch),
             lr=self.lr if self.lr is not None else auto_lr(img_resolution),
             ema_kimg=self.ema_kimg if self.ema_kimg is not None else batch * 10 / 32,
+            upcycle_kimg=self.upcycle_kimg if self.upcycle_kimg is not None else (self.kimg / 4 if upcycling else 0.0),
             generator=gen,
             discriminator=disc,
         )

@@ -48,6 +48,7 @@ from opstylegan.training.distributed import (
 )
 from opstylegan.training.ema import ema_beta, update_ema
 from opstylegan.training.snapshot_fid import SnapshotFID
+from opstylegan.training.upcycle import load_init_weights, row_spread
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 CallbackFn = Callable[[str, dict[str, Any]], None]
@@ -91,9 +92,11 @@ class Trainer:
         cfg: the run's config; resolved here against the dataset and world size if it is not yet.
         info: rank / world size / device (`init_distributed`); one CPU process by default.
         dataset: the training images; opened from `cfg.data` when None.
+        init_weights: load `cfg.init_from` / `cfg.init_d` (False when a training state is loaded next).
     """
 
-    def __init__(self, cfg: TrainConfig, *, info: DistInfo | None = None, dataset: ImageDataset | None = None) -> None:
+    def __init__(self, cfg: TrainConfig, *, info: DistInfo | None = None, dataset: ImageDataset | None = None,
+                 init_weights: bool = True) -> None:
         self.info = info or DistInfo()
         self.device = self.info.device
         self.dataset = dataset if dataset is not None else open_training_set(cfg)
@@ -117,6 +120,8 @@ class Trainer:
         broadcast_module(self.G, self.info)
         broadcast_module(self.D, self.info)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        if cfg.init_from is not None and init_weights:  # every rank reads the same files
+            load_init_weights(cfg, self.G, self.G_ema, self.D)
 
         self.pl_enabled = cfg.pl_weight > 0
         self.r1_enabled = cfg.gamma > 0
@@ -153,7 +158,7 @@ class Trainer:
 
     def _sample_ws(self, n: int, *, update_emas: bool = False) -> torch.Tensor:
         return L.sample_ws(self.G, n, mixing_prob=self.cfg.style_mixing_prob, update_emas=update_emas,
-                           generator=self.gen, device=self.device)
+                           generator=self.gen, device=self.device, spread=row_spread(self.cfg, self.cur_nimg))
 
     def _finish_phase(self, term: str, loss: torch.Tensor, module: nn.Module, opt: torch.optim.Optimizer) -> None:
         """All-reduce the gradients (and the loss), stop on a non-finite loss, then take the optimizer step."""
@@ -382,7 +387,8 @@ class Trainer:
     @torch.no_grad()
     def _write_fakes(self, path: Path) -> None:
         seeds = list(range(self.cfg.grid_size))
-        images = [self.G_ema(self.G_ema.z_from_seeds(seeds[i:i + self.batch_gpu]))
+        spread = row_spread(self.cfg, self.cur_nimg)  # upcycling: the rows as training draws them now
+        images = [self.G_ema(self.G_ema.z_from_seeds(seeds[i:i + self.batch_gpu], spread=spread))
                   for i in range(0, len(seeds), self.batch_gpu)]
         save_grid(path, torch.cat(images), ncols=_grid_cols(len(seeds)))  # float [N, C, H, W] in [-1, 1]
 
@@ -445,6 +451,15 @@ def read_run_config(run_dir: str | os.PathLike[str]) -> TrainConfig:
     return TrainConfig.from_dict(d)
 
 
+def _abs_model_ref(ref: str | None) -> str | None:
+    """A model folder -> its absolute path (the run's config must not depend on the cwd); shipped names stay."""
+    from opstylegan.pretrained import SHIPPED
+
+    if ref is None or ref in SHIPPED:
+        return ref
+    return str(Path(ref).resolve())
+
+
 def _trim_stats(run_dir: Path, cur_nimg: int) -> None:
     """Drops stats lines written after the state we resume from (a run killed between snapshots)."""
     path = run_dir / STATS_NAME
@@ -488,7 +503,7 @@ def _train(cfg: TrainConfig | None, outdir: str | os.PathLike[str] | None, resum
         cfg = read_run_config(run_dir)
         if kimg is not None:
             cfg = cfg.replace(kimg=kimg)
-        trainer = Trainer(cfg, info=info)
+        trainer = Trainer(cfg, info=info, init_weights=False)
         latest = S.find_latest_state(run_dir, map_location="cpu")
         trainer.load_state_dict(latest.state)
         resumed_from = latest.path
@@ -503,7 +518,8 @@ def _train(cfg: TrainConfig | None, outdir: str | os.PathLike[str] | None, resum
             raise ValueError("train: give cfg and outdir for a new run, or resume=RUN_DIR")
         if kimg is not None:
             cfg = cfg.replace(kimg=kimg)
-        cfg = cfg.replace(data=str(Path(cfg.data).resolve()))
+        cfg = cfg.replace(data=str(Path(cfg.data).resolve()), init_from=_abs_model_ref(cfg.init_from),
+                          init_d=_abs_model_ref(cfg.init_d))
         trainer = Trainer(cfg, info=info)
         run_dir = None
         if info.is_main:

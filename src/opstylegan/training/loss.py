@@ -91,21 +91,23 @@ def style_mix(ws: torch.Tensor, ws2: torch.Tensor, cutoff: int) -> torch.Tensor:
 
 
 def sample_ws(G: torch.nn.Module, n: int, *, mixing_prob: float, update_emas: bool,
-              generator: torch.Generator | None = None, device: torch.device | None = None) -> torch.Tensor:
+              generator: torch.Generator | None = None, device: torch.device | None = None,
+              spread: float | None = None) -> torch.Tensor:
     """Training latents: z (or the correlated Z) -> mapping -> ws [n, L, r, C], with style mixing.
 
-    Only the first latent updates w_avg (`update_emas`); the mixing latent never does.
+    Only the first latent updates w_avg (`update_emas`); the mixing latent never does. `spread`: the rows' own
+    share of variance (`latent.normal_rows`; None = the paper's sampling), ramped when upcycling a baseline.
     """
     device = device if device is not None else G.w_avg.device
     rows = G.rows if G.overparam else None
     space = G.native_space
     kw = dict(num_ws=G.num_ws, rows=G.rows, w_dim=G.cfg.w_dim)
-    z = normal_rows([n, G.cfg.z_dim], rows=rows, generator=generator, device=device)  # [n, (R,) z_dim]
+    z = normal_rows([n, G.cfg.z_dim], rows=rows, generator=generator, device=device, spread=spread)  # [n, (R,) z_dim]
     ws = to_ws(G.mapping(z, update_emas=update_emas), space, **kw)  # [n, L, r, C] (a broadcast view)
     if mixing_prob > 0:
         # The second latent is always drawn, so the RNG stream does not depend on the cutoff.
         cutoff = mixing_cutoff(G.num_ws, mixing_prob, generator=generator)
-        z2 = normal_rows([n, G.cfg.z_dim], rows=rows, generator=generator, device=device)
+        z2 = normal_rows([n, G.cfg.z_dim], rows=rows, generator=generator, device=device, spread=spread)
         if cutoff < G.num_ws:
             ws = style_mix(ws, to_ws(G.mapping(z2), space, **kw), cutoff)
     return ws
