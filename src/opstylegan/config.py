@@ -17,6 +17,21 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message names the key, the value and what is expected."""
 
 
+#: Largest width of any layer or latent (z_dim, w_dim, channel_max, num_rows): 64x StyleGAN2's widest.
+MAX_DIM = 1 << 16
+#: Largest mapping depth.
+MAX_MAPPING_LAYERS = 64
+#: Largest network: 2^31 parameters (8.6 GB in float32; StyleGAN2's 1024 px generator has about 30 million).
+#: A config.json asking for more is a typo or not ours, and is refused before anything is allocated.
+MAX_PARAMETERS = 1 << 31
+
+
+def _check_size(name: str, num_parameters: int, sizes: str) -> None:
+    if num_parameters > MAX_PARAMETERS:
+        raise ConfigError(f"{name}: {sizes} give {num_parameters:.3g} parameters, more than the {MAX_PARAMETERS:.3g} "
+                          f"allowed ({num_parameters * 4 / 1e9:.3g} GB in float32); check these sizes")
+
+
 def _is_pow2(x: int) -> bool:
     return isinstance(x, int) and x > 0 and (x & (x - 1)) == 0
 
@@ -46,8 +61,8 @@ def _check_common(name: str, res: int, channels: int, base: int, cmax: int, fp16
         raise ConfigError(f"{name}: img_channels must be 1 or 3, got {channels!r}")
     if not isinstance(base, int) or base <= 0:
         raise ConfigError(f"{name}: channel_base must be a positive int, got {base!r}")
-    if not isinstance(cmax, int) or cmax <= 0:
-        raise ConfigError(f"{name}: channel_max must be a positive int, got {cmax!r}")
+    if not isinstance(cmax, int) or not 0 < cmax <= MAX_DIM:
+        raise ConfigError(f"{name}: channel_max must be an int in [1, {MAX_DIM}], got {cmax!r}")
     if base // res < 1:
         raise ConfigError(f"{name}: channel_base={base} gives 0 channels at {res}px; need channel_base >= {res}")
     if not isinstance(fp16, int) or fp16 < 0:
@@ -101,10 +116,10 @@ class GeneratorConfig(_Config):
     def __post_init__(self) -> None:
         _check_common("GeneratorConfig", self.img_resolution, self.img_channels, self.channel_base,
                       self.channel_max, self.num_fp16_res, self.conv_clamp)
-        for k in ("z_dim", "w_dim", "mapping_layers"):
+        for k, most in (("z_dim", MAX_DIM), ("w_dim", MAX_DIM), ("mapping_layers", MAX_MAPPING_LAYERS)):
             v = getattr(self, k)
-            if not isinstance(v, int) or v < 1:
-                raise ConfigError(f"GeneratorConfig: {k} must be an int >= 1, got {v!r}")
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= most:
+                raise ConfigError(f"GeneratorConfig: {k} must be an int in [1, {most}], got {v!r}")
         if not 0 < self.mapping_lr_multiplier:
             raise ConfigError(f"GeneratorConfig: mapping_lr_multiplier must be > 0, got {self.mapping_lr_multiplier!r}")
         if not 0 <= self.w_avg_beta < 1:
@@ -121,6 +136,28 @@ class GeneratorConfig(_Config):
                     f"GeneratorConfig: num_rows={self.num_rows!r} is smaller than the largest layer's output "
                     f"channels ({need}); every output channel needs its own latent row, so use num_rows >= {need}"
                 )
+            if self.num_rows > MAX_DIM:
+                raise ConfigError(f"GeneratorConfig: num_rows must be at most {MAX_DIM}, got {self.num_rows}")
+        _check_size("GeneratorConfig", self.num_parameters(),
+                    f"z_dim={self.z_dim}, w_dim={self.w_dim}, mapping_layers={self.mapping_layers}, channel_base="
+                    f"{self.channel_base}, channel_max={self.channel_max} at {self.img_resolution} px")
+
+    def num_parameters(self) -> int:
+        """The number of parameters of a Generator with this config (computed, nothing is allocated)."""
+        w, c_img = self.w_dim, self.img_channels
+        n = self.z_dim * w + w + (self.mapping_layers - 1) * (w * w + w)  # mapping: fully connected layers
+        noise = 1 if self.const_noise else 0  # noise_strength of each 3x3 convolution
+
+        def conv(i: int, o: int) -> int:  # modulated 3x3: affine w -> i (+ bias), weight, bias
+            return w * i + i + o * i * 9 + o + noise
+
+        c_in = 0
+        for res in (2**i for i in range(2, self.img_resolution.bit_length())):
+            c = channels_at(res, self.channel_base, self.channel_max)
+            n += c * 16 if c_in == 0 else conv(c_in, c)  # the 4x4 constant, or the upsampling conv
+            n += conv(c, c) + (w * c + c + c_img * c + c_img)  # conv, ToRGB
+            c_in = c
+        return n
 
     @property
     def max_out_channels(self) -> int:
@@ -155,9 +192,22 @@ class DiscriminatorConfig(_Config):
         if not isinstance(self.mbstd_group_size, int) or self.mbstd_group_size < 1:
             raise ConfigError(
                 f"DiscriminatorConfig: mbstd_group_size must be an int >= 1, got {self.mbstd_group_size!r}")
-        if not isinstance(self.mbstd_num_channels, int) or self.mbstd_num_channels < 0:
-            raise ConfigError(
-                f"DiscriminatorConfig: mbstd_num_channels must be an int >= 0, got {self.mbstd_num_channels!r}")
+        if not isinstance(self.mbstd_num_channels, int) or not 0 <= self.mbstd_num_channels <= MAX_DIM:
+            raise ConfigError(f"DiscriminatorConfig: mbstd_num_channels must be an int in [0, {MAX_DIM}], got "
+                              f"{self.mbstd_num_channels!r}")
+        _check_size("DiscriminatorConfig", self.num_parameters(),
+                    f"channel_base={self.channel_base}, channel_max={self.channel_max} at {self.img_resolution} px")
+
+    def num_parameters(self) -> int:
+        """The number of parameters of a Discriminator with this config (computed, nothing is allocated)."""
+        ch = lambda r: channels_at(r, self.channel_base, self.channel_max)  # noqa: E731
+        c = ch(self.img_resolution)
+        n = self.img_channels * c + c  # FromRGB
+        for res in (2**i for i in range(self.img_resolution.bit_length() - 1, 2, -1)):  # img_resolution .. 8
+            t, o = ch(res), ch(res // 2)
+            n += t * t * 9 + t + o * t * 9 + o + o * t  # conv, downsampling conv, skip (no bias)
+        c = ch(4)
+        return n + (c + self.mbstd_num_channels) * c * 9 + c + c * 16 * c + c + c + 1  # epilogue: conv, fc, out
 
 
 def auto_channel_base(res: int) -> int:
