@@ -11,6 +11,9 @@
   over random subsets.
 * :func:`cached_dataset_stats` keys the real-data statistics by a content hash of the dataset plus the
   detector's sha256, and stores them as ``.npz`` written atomically.
+
+Provenance: FID (Heusel et al. 2017) and KID (Binkowski et al. 2018) are written for this project from
+their formulas above; no code of stylegan2-ada's metrics (NVIDIA Source Code License) is copied.
 """
 
 from __future__ import annotations

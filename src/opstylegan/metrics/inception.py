@@ -11,6 +11,10 @@ Input pipeline, exactly as stylegan2-ada's detector does it:
    translation is shifted by ``1/W - 1/299`` (x) and ``1/H - 1/299`` (y) in normalised coordinates. No
    antialiasing, no rounding back to integers.
 3. Scaled to ``x / 128 - 1`` (so 0..255 maps to [-1, 0.9921875]) and fed to the network.
+
+Provenance: the input pipeline is reimplemented from its description above (stylegan2-ada's metric code is
+under the NVIDIA Source Code License); no code of it is copied. The network itself is the TorchScript file,
+run as shipped.
 """
 
 from __future__ import annotations

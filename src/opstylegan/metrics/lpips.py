@@ -16,6 +16,10 @@ Resizing rules, applied identically to both inputs before the network:
   (``align_corners=False``, no antialiasing) so that the shorter side is 32 (aspect kept, longer side rounded).
   32 is the smallest size at which every stage of both backbones has at least one pixel (AlexNet needs 31,
   VGG16 needs 16), so one rule serves both and distances of 16-32 px images are comparable across nets.
+
+Provenance: the network is reimplemented from the paper (Zhang et al. 2018, "The Unreasonable Effectiveness of
+Deep Features as a Perceptual Metric"); no code of its BSD-2-Clause reference implementation is copied. The
+weights are the authors' v0.1 files, read from an installed package (:mod:`opstylegan.metrics.weights`).
 """
 
 from __future__ import annotations

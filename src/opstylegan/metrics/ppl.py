@@ -20,6 +20,9 @@ generator; PPL with ``crop=True`` at >= 512 px therefore differs from stylegan2-
 512 px, the two agree).
 Differences to stylegan2-ada: LPIPS is the official v0.1 VGG16 (:class:`~opstylegan.metrics.lpips.LPIPS`),
 whose small-input rule upsamples images below 32 px (see that module).
+
+Provenance: written for this project from the StyleGAN2 paper's definition and the protocol described above;
+no code of stylegan2-ada (NVIDIA Source Code License) is copied.
 """
 
 from __future__ import annotations

@@ -3,6 +3,9 @@
 The same operation as stylegan2-ada's upfirdn2d: zero-insertion upsampling, padding (negative = crop),
 FIR filtering, then decimation. Written with differentiable primitives only, so first and second
 derivatives (needed by R1 and the path-length regularizer) come from autograd on CPU and CUDA alike.
+
+Provenance: written for this project from the operation's definition (stylegan2-ada's upfirdn2d, NVIDIA Source
+Code License); no code of it is copied.
 """
 
 from __future__ import annotations

@@ -23,6 +23,11 @@ Everything after the random draws is built from differentiable PyTorch ops (gath
 convolutions, `grid_sample`, matmul), so gradients flow to the images -- also the second derivatives that
 R1 needs when reals are augmented. The random parameters are drawn on the CPU, from the `generator`
 argument or the global RNG, so a seed gives the same augmentation on every device.
+
+Provenance: a reimplementation, written for this project from the paper (Karras et al. 2020, "Training
+Generative Adversarial Networks with Limited Data") and the algorithm of NVlabs/stylegan2-ada-pytorch, which
+is under the NVIDIA Source Code License (non-commercial). No code of it is copied: the transform sequence,
+probabilities and ranges are facts of the method, and the sym6 taps are the published wavelet's coefficients.
 """
 
 from __future__ import annotations

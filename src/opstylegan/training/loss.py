@@ -2,6 +2,9 @@
 
 Latents inside training are always the synthesis input `ws` [B, L, r, C]: L = num_ws style layers,
 r = 1 (baseline vector w) or r = R (overparameterized matrix W), C = w_dim.
+
+Provenance: the losses are written for this project from the StyleGAN2 / stylegan2-ada papers' formulas; no
+code of stylegan2-ada (NVIDIA Source Code License) or rosinality/stylegan2-pytorch is copied.
 """
 
 from __future__ import annotations
