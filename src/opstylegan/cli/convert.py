@@ -46,5 +46,5 @@ def command(src, dest, which, noise, overwrite):
         click.echo(f"wrote the discriminator ({shape}) to {path}")
     else:
         click.echo(f"wrote {which} ({shape}, z {cfg['z_dim']}, w {cfg['w_dim']}, {cfg['mapping_layers']} mapping "
-                   f"layers, noise {noise}) to {path}")
+                   f"layers, noise {'const' if cfg.get('const_noise') else 'none'}) to {path}")
         click.echo(f"use it as --model {path} (e.g. opstylegan generate --model {path} --seeds 0-7 --outdir out)")

@@ -457,6 +457,8 @@ def convert_pickle(src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
                    noise: str = "const") -> Path:
     """Converts network `which` of an NVIDIA pickle into an opstylegan model folder at `dest`.
 
+    A generator trained without noise inputs has no noise to keep: it converts as noise='none' whatever `noise`.
+
     Returns the folder (config.json + model.safetensors, loadable with Generator/Discriminator.from_pretrained).
     The folder's metadata records the source file's sha256, the network and the noise mode.
     """
@@ -468,6 +470,6 @@ def convert_pickle(src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
     net = convert_discriminator(obj) if which == "D" else convert_generator(obj, noise=noise)
     meta = {"converted_from": {"file": Path(src).name, "sha256": sha256_file(src), "network": which,
                                "class": obj.class_name, "module_source_sha256": obj.source_sha256,
-                               "noise_mode": "none" if which == "D" else noise,
+                               "noise_mode": "const" if isinstance(net, Generator) and net.cfg.const_noise else "none",
                                "conv0_weights": "flipped spatially (NVIDIA's up-sampling conv is a true convolution)"}}
     return net.save_pretrained(dest, metadata=meta)
