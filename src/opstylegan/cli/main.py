@@ -23,6 +23,7 @@ SUBCOMMANDS = {
     "upsample": "upsample",
     "edit": "edit",
     "metrics": "metrics",
+    "studio": "studio",
     "convert": "convert",
 }
 

@@ -169,8 +169,11 @@ class Studio:
             return self._lpips
 
     def preload(self) -> None:
-        """Load the LPIPS weights now (otherwise the first inversion does)."""
+        """Load the LPIPS weights now, and build one throw-away Adam optimizer: torch's first optimizer imports
+        its compiler stack, which takes seconds to tens of seconds on a busy CPU. Otherwise the first
+        inversion pays both."""
         self.lpips()
+        torch.optim.Adam([torch.zeros(1, requires_grad=True)])
 
     def close(self) -> None:
         self.queue.close()

@@ -90,9 +90,15 @@ async function refreshLatents() {
   const r = await api("/api/latents");
   state.latents = (await r.json()).latents;
   for (const id of ["edit-source", "interp-a", "interp-b"]) fillSourceSelect($(id), true);
-  if (state.latents.length >= 2 && $("interp-a").value === $("interp-b").value) {
-    $("interp-a").value = `latent:${state.latents[1].id}`;
-    $("interp-b").value = `latent:${state.latents[0].id}`;
+  // Interpolation endpoints: the newest latent, and another one of its model (or a seed of that model).
+  const a = state.latents[0];
+  if (a) {
+    $("edit-source").value = `latent:${a.id}`;  // edit what was just inverted
+    const b = state.latents.find((l) => l !== a && l.model === a.model && l.space === a.space)
+      || state.latents.find((l) => l !== a && l.model === a.model);
+    $("interp-a").value = `latent:${a.id}`;
+    if (b) $("interp-b").value = `latent:${b.id}`;
+    else { $("interp-b").value = "seed"; $("interp-model").value = a.model; }
   }
 }
 
