@@ -116,6 +116,24 @@ def test_step0_reproduces_the_baseline_then_the_rows_separate(data16, baseline16
     assert not torch.equal(ws, ws[:, :, :1].expand_as(ws))
 
 
+def test_d_warmup_trains_only_D_then_starts_the_ramp(data16, baseline16):
+    c = cfg(data16, overparam=True, init_from=str(baseline16[1]), upcycle_kimg=0.008, d_warmup_kimg=0.004)
+    assert row_spread(c, 4) == 0.0 and row_spread(c, 8) == pytest.approx(0.25)  # the ramp starts after it
+    tr = Trainer(c)
+    G0, D0, E0 = ({k: v.clone() for k, v in m.state_dict().items()} for m in (tr.G, tr.D, tr.G_ema))
+    reals = torch.rand(4, 1, 16, 16) * 2 - 1
+    tr.train_step(reals)  # kimg 0 -> 0.004: D only
+    for before, module in ((G0, tr.G), (E0, tr.G_ema)):
+        assert all(torch.equal(v, module.state_dict()[k]) for k, v in before.items())  # w_avg included
+    assert any(not torch.equal(v, tr.D.state_dict()[k]) for k, v in D0.items())
+    tr.train_step(reals)  # now G trains too
+    assert any(not torch.equal(v, tr.G.state_dict()[k]) for k, v in G0.items())
+    with pytest.raises(ConfigError, match="needs init_from"):
+        cfg(data16, d_warmup_kimg=1.0)
+    with pytest.raises(ConfigError, match="leaves no training of G"):
+        cfg(data16, init_from="x", d_warmup_kimg=1.0, kimg=1.0)
+
+
 def test_upcycling_a_converted_nvidia_network(tmp_path):
     """A converted stylegan2-ada network (8 mapping layers, constant noise) upcycles: at step 0 the overparam G
     reproduces NVIDIA's noise_mode='const' images, and a training step runs."""
@@ -185,6 +203,7 @@ def test_cli_upcycle(data16, baseline16, tmp_path):
     run = next(tmp_path.glob("*-gray16-overparam"))
     log = (run / "log.txt").read_text()
     assert "init from" in log and "a ramped 0 -> 0.5 over 0.004 kimg" in log
+    assert "WARNING: D starts from random weights" in log
     G = Generator.from_pretrained(run / "network-latest")
     assert G.overparam and math.isfinite(G(G.z_from_seeds([0])).abs().max().item())
     r = CliRunner().invoke(cli, [*args, "--preset", "tiny"])

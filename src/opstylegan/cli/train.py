@@ -27,7 +27,7 @@ Examples:
 # Options that define a run; with --resume they come from the run's config.json instead.
 _RUN_OPTIONS = ("data", "outdir", "overparam", "preset", "batch", "gamma", "snap", "tick", "seed", "aug", "mirror",
                 "fp32", "workers", "lr", "fid_num", "pl_rows", "pl_weight", "style_mixing", "init_from", "init_d",
-                "upcycle_kimg")
+                "upcycle_kimg", "d_warmup_kimg")
 
 
 @click.command(name="train", epilog=EPILOG, context_settings={"show_default": True})
@@ -74,6 +74,9 @@ _RUN_OPTIONS = ("data", "outdir", "overparam", "preset", "batch", "gamma", "snap
               help="Upcycling: ramp the latent rows from all equal (the baseline's images) to the paper's "
                    "correlation over this many kimg, Z_i = sqrt(1-a) z + sqrt(a) z_i, a: 0 -> 0.5 "
                    "[default: a quarter of --kimg].")
+@click.option("--d-warmup-kimg", type=click.FloatRange(min=0), default=0.0,
+              help="With --init-from: train only D for this many kimg first (G frozen), so that a D without "
+                   "pretrained weights learns to judge the pretrained G before G follows it; the ramp starts after.")
 @click.option("--resume", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="Continue the run in this folder from its newest complete training state.")
 @device_option
@@ -82,7 +85,7 @@ def command(ctx: click.Context, data: Path | None, outdir: Path, overparam: bool
             batch: int | None, gamma: float | None, lr: float | None, snap: int, tick: float, seed: int, aug: str,
             mirror: bool, fp32: bool, workers: int | None, fid_num: int, pl_weight: float, pl_rows: str,
             style_mixing: float, init_from: str | None, init_d: str | None, upcycle_kimg: float | None,
-            resume: Path | None, device: str) -> None:
+            d_warmup_kimg: float, resume: Path | None, device: str) -> None:
     """Train a StyleGAN2 (baseline) or the overparameterized StyleGAN2 on a dataset.
 
     Writes into one run folder: config.json (resolved), log.txt, stats.jsonl (one line per tick), reals.png,
@@ -118,7 +121,8 @@ def command(ctx: click.Context, data: Path | None, outdir: Path, overparam: bool
                               fp32=fp32, workers=workers if workers is not None else
                               (3 if info.device.type == "cuda" else 0), fid_num=fid_num,
                               pl_weight=pl_weight, pl_rows=pl_rows, style_mixing_prob=style_mixing,
-                              init_from=init_from, init_d=init_d, upcycle_kimg=upcycle_kimg)
+                              init_from=init_from, init_d=init_d, upcycle_kimg=upcycle_kimg,
+                              d_warmup_kimg=d_warmup_kimg)
         result = train(cfg, outdir=outdir, resume=resume, kimg=kimg if resume is not None else None, info=info,
                        progress=ui.progress, callback=ui.callback)
     except TrainingDiverged as e:

@@ -55,7 +55,9 @@ class TrainConfig(_Config):
     Z_i = sqrt(1 - a) z + sqrt(a) z^(i) with a ramped linearly from 0 (all rows equal: the overparameterized
     G then makes exactly the baseline's images) to the paper's 0.5 over this many kimg; None resolves to a
     quarter of `kimg` for such runs and 0 otherwise. The ramp depends only on the images seen, so a resumed
-    run continues it exactly.
+    run continues it exactly. d_warmup_kimg: for the first this many kimg only D is trained (G, G_ema and the
+    rows stay as they start), so that a freshly initialised D learns to judge a pretrained G before G follows
+    its gradients; the upcycling ramp starts after it.
     """
 
     data: str = ""
@@ -93,6 +95,7 @@ class TrainConfig(_Config):
     init_from: str | None = None
     init_d: str | None = None
     upcycle_kimg: float | None = None
+    d_warmup_kimg: float = 0.0
     generator: dict[str, Any] | None = None
     discriminator: dict[str, Any] | None = None
 
@@ -147,6 +150,13 @@ class TrainConfig(_Config):
         if self.init_d is not None and self.init_from is None:
             raise ConfigError("TrainConfig: init_d (a pretrained discriminator) needs init_from (a pretrained "
                               "generator)")
+        w = self.d_warmup_kimg
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+            raise ConfigError(f"TrainConfig: d_warmup_kimg must be a number >= 0, got {w!r}")
+        if w and self.init_from is None:
+            raise ConfigError("TrainConfig: d_warmup_kimg (training only D first) needs init_from (a pretrained G)")
+        if w >= self.kimg:
+            raise ConfigError(f"TrainConfig: d_warmup_kimg={w:g} leaves no training of G within kimg={self.kimg:g}")
         if self.upcycle_kimg is not None:
             u = self.upcycle_kimg
             if isinstance(u, bool) or not isinstance(u, (int, float)) or not math.isfinite(u) or u < 0:

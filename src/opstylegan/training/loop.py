@@ -48,7 +48,7 @@ from opstylegan.training.distributed import (
 )
 from opstylegan.training.ema import ema_beta, update_ema
 from opstylegan.training.snapshot_fid import SnapshotFID
-from opstylegan.training.upcycle import load_init_weights, row_spread
+from opstylegan.training.upcycle import g_frozen, load_init_weights, row_spread
 
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 CallbackFn = Callable[[str, dict[str, Any]], None]
@@ -183,16 +183,18 @@ class Trainer:
 
         # w_avg follows the mapping's output whenever it runs on a training latent: in G main, G reg and D main,
         # as stylegan2-ada's mapping does in training mode (~2.25 updates per step; the mixing latent never).
-        # G main: non-saturating loss.
-        self._phase(self.G, self.opt_G)
-        fake = self.G.synthesis_ws(self._sample_ws(b, update_emas=True))
-        loss = L.g_nonsaturating_loss(self._run_D(fake))
-        loss.backward()
-        self._finish_phase("Gmain", loss, self.G, self.opt_G)
-        self._sync_w_avg()
+        # G main: non-saturating loss. Skipped (with G reg) during a D warm-up: only D learns then.
+        train_g = not g_frozen(cfg, self.cur_nimg)
+        if train_g:
+            self._phase(self.G, self.opt_G)
+            fake = self.G.synthesis_ws(self._sample_ws(b, update_emas=True))
+            loss = L.g_nonsaturating_loss(self._run_D(fake))
+            loss.backward()
+            self._finish_phase("Gmain", loss, self.G, self.opt_G)
+            self._sync_w_avg()
 
         # G reg: lazy path-length regularizer on a shrunk batch, scaled by its interval.
-        if self.pl_enabled and self.batch_idx % cfg.pl_interval == 0:
+        if train_g and self.pl_enabled and self.batch_idx % cfg.pl_interval == 0:
             self._phase(self.G, self.opt_G)
             n = max(b // cfg.pl_batch_shrink, 1)
             ws = self._sample_ws(n, update_emas=True)
@@ -209,7 +211,7 @@ class Trainer:
         # D main: logistic loss on (augmented) fakes and reals; ADA watches sign(D(real)).
         self._phase(self.D, self.opt_D)
         with torch.no_grad():
-            fake = self.G.synthesis_ws(self._sample_ws(b, update_emas=True))
+            fake = self.G.synthesis_ws(self._sample_ws(b, update_emas=train_g))
         self._sync_w_avg()
         fake_logits = self._run_D(fake)
         real_logits = self._run_D(reals)
@@ -232,7 +234,8 @@ class Trainer:
             self._finish_phase("Dr1", loss, self.D, self.opt_D)
 
         # Bookkeeping: EMA (with ramp-up), counters, ADA adjustment.
-        update_ema(self.G_ema, self.G, ema_beta(cfg.batch, self.cur_nimg, cfg.ema_kimg, cfg.ema_rampup))
+        if train_g:
+            update_ema(self.G_ema, self.G, ema_beta(cfg.batch, self.cur_nimg, cfg.ema_kimg, cfg.ema_rampup))
         self.cur_nimg += cfg.batch
         self.batch_idx += 1
         if self.ada is not None:

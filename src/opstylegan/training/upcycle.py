@@ -161,8 +161,14 @@ def row_spread(cfg: TrainConfig, cur_nimg: int) -> float | None:
     paper's sampling (runs that do not upcycle, and upcycled runs once the ramp is over)."""
     if not cfg.overparam or not cfg.upcycle_kimg:
         return None
-    a = UPCYCLE_SPREAD * cur_nimg / (cfg.upcycle_kimg * 1000)
+    start = (cfg.d_warmup_kimg or 0.0) * 1000  # the ramp starts when G starts training
+    a = UPCYCLE_SPREAD * max(cur_nimg - start, 0) / (cfg.upcycle_kimg * 1000)
     return a if a < UPCYCLE_SPREAD else None
+
+
+def g_frozen(cfg: TrainConfig, cur_nimg: int) -> bool:
+    """True while only D trains (the first `d_warmup_kimg`)."""
+    return cur_nimg < (cfg.d_warmup_kimg or 0.0) * 1000
 
 
 def describe(cfg: TrainConfig) -> str:
@@ -172,8 +178,14 @@ def describe(cfg: TrainConfig) -> str:
     parts = [f"init from {cfg.init_from}"]
     if cfg.init_d:
         parts.append(f"D from {cfg.init_d}")
+    if cfg.d_warmup_kimg:
+        parts.append(f"only D trains for the first {cfg.d_warmup_kimg:g} kimg")
     if cfg.overparam and cfg.upcycle_kimg:
         parts.append(f"rows Z_i = sqrt(1-a) z + sqrt(a) z_i, a ramped 0 -> {UPCYCLE_SPREAD} over "
                      f"{cfg.upcycle_kimg:g} kimg")
-    return ", ".join(parts)
+    line = ", ".join(parts)
+    if not cfg.init_d and not cfg.d_warmup_kimg and init_source(cfg.init_from).kind == "model":
+        line += ("; WARNING: D starts from random weights and G follows its gradients at once, which degrades the "
+                 "pretrained images at first: give --init-d, or --d-warmup-kimg")
+    return line
 
