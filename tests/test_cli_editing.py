@@ -210,3 +210,25 @@ def test_edit_fit_apply_grid(world, tmp_path):
     r = run("edit", "apply", "--model", model, "--components", comps, "--seeds", "0", "--component", 0,
             "--layers", "5-40", "--outdir", tmp_path / "x")
     assert r.exit_code == 2 and f"[0, {G.num_ws - 1}]" in r.output
+
+
+def test_nan_latents_are_refused_not_drawn_black(world, tmp_path):
+    G, lat = world["G"], world["lat"]
+    bad = world["W"][1].clone()
+    bad[0, 3] = float("nan")
+    save_latent(tmp_path / "nan.safetensors", bad, space="W", fingerprint=G.fingerprint())
+    r = run("interpolate", "--model", world["model"], "--latents", lat / "img0.safetensors",
+            tmp_path / "nan.safetensors", "--outdir", tmp_path / "out")
+    assert r.exit_code == 1 and "nan.safetensors" in r.output and "1 of its" in r.output and "NaN" in r.output
+    assert not (tmp_path / "out" / "strips").exists()
+    with pytest.raises(ValueError, match=r"latent\(s\) \[1\] hold NaN"):
+        interp_mod.render_latents(G, torch.stack([world["W"][0], bad]), "W")
+
+
+def test_outdir_under_a_file_is_refused_before_any_work(world, tmp_path):
+    (tmp_path / "file").write_text("x")
+    under = tmp_path / "file" / "out"
+    for args in (["interpolate", "--latents", world["lat"]], ["edit", "fit", "--samples", 256, "--components", 2],
+                 ["interpolate", "injectivity", "--target", world["root"] / "real" / "r0.png", "--steps", 1]):
+        r = run(*args, "--model", world["model"], "--outdir", under)
+        assert r.exit_code == 1 and "lies under" in r.output and "Traceback" not in r.output, (args, r.output)

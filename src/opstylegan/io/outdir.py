@@ -96,5 +96,9 @@ def check_output_file(path: str | os.PathLike[str]) -> Path:
     p = Path(path)
     if p.is_dir():
         raise OutputPathError(errno.EISDIR, f"cannot write {p}: it is a folder; give a file name")
+    blocking = _blocking_file(p.parent)
+    if blocking is not None:
+        raise OutputPathError(errno.ENOTDIR, f"cannot write {p}: it lies under {blocking}, which is a file, not a "
+                                             "folder")
     prepare_outdir(p.parent)
     return p
