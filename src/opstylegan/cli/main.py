@@ -25,6 +25,7 @@ SUBCOMMANDS = {
     "metrics": "metrics",
     "studio": "studio",
     "convert": "convert",
+    "encoder": "encoder",
 }
 
 

@@ -2,8 +2,12 @@
 
 Protocol (the defaults): Adam (lr 0.05, betas (0.9, 0.999)) for 1000 steps on the LPIPS-VGG distance between
 G(latent) and the target, as StyleGAN2's projector; every vector / row starts at ``w_avg``; before each step of
-the first half, the latent is pulled toward the mean, ``x <- w_avg + 0.9 (x - w_avg)``. No encoder, no noise
-optimisation. Fig. 11's non-injectivity experiment is ``init="random", reg_strength=1.0, reg_until=0.0``.
+the first half, the latent is pulled toward the mean, ``x <- w_avg + 0.9 (x - w_avg)``. No noise optimisation.
+Fig. 11's non-injectivity experiment is ``init="random", reg_strength=1.0, reg_until=0.0``.
+
+With ``init="encoder"`` the latents start at an encoder's prediction (:mod:`opstylegan.encoder`) and the pull
+goes toward that starting point instead of w_avg (``reg_toward="init"``, the default with an encoder), so the
+first half cannot drag the encoder's answer back to the mean; ``steps=0`` returns the encoder's answer alone.
 
 Batching: the targets are optimised together, one latent each. The loss is the SUM of per-image losses, Adam
 is element-wise and LPIPS is per image, so each latent follows exactly the path it would follow alone (up to
@@ -19,15 +23,19 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
 
 from opstylegan.latent import broadcast, check_space
 from opstylegan.models.generator import Generator
+
+if TYPE_CHECKING:
+    from opstylegan.encoder.model import Encoder
 
 __all__ = [
     "FIG11_OPTIONS",
@@ -43,7 +51,8 @@ __all__ = [
 ]
 
 LOSSES = ("lpips", "mse")
-INITS = ("w_avg", "random")
+INITS = ("w_avg", "random", "encoder")
+REG_TARGETS = ("w_avg", "init")
 AUTOCAST_DTYPES = (torch.float16, torch.bfloat16)
 
 #: The paper's fig. 11 experiment (non-injectivity): random init, no regularizer.
@@ -66,13 +75,16 @@ class InversionOptions:
     batch_size: int | None = None
     autocast: torch.dtype | None = None
     record_trajectory: bool = False
+    encoder: str | None = None
+    reg_toward: str | None = None
 
     def __post_init__(self) -> None:
         def bad(name: str, expected: str) -> ValueError:
             return ValueError(f"{name} must be {expected}, got {getattr(self, name)!r}")
 
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise bad("steps", "an int >= 1")
+        min_steps = 0 if self.init == "encoder" else 1  # 0 steps: the encoder's answer alone
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < min_steps:
+            raise bad("steps", f"an int >= {min_steps}" + ("" if min_steps == 0 else " (0 only with init='encoder')"))
         if not _finite(self.lr) or self.lr <= 0:
             raise bad("lr", "a finite number > 0")
         b = self.betas
@@ -88,6 +100,13 @@ class InversionOptions:
                              f"{self.mse_weight!r}")
         if self.init not in INITS:
             raise bad("init", f"one of {list(INITS)}")
+        if self.encoder is not None and (self.init != "encoder" or not isinstance(self.encoder, str)):
+            raise ValueError(f"encoder (a path) is only used with init='encoder', got encoder={self.encoder!r} with "
+                             f"init={self.init!r}")
+        if self.reg_toward is None:  # the encoder's answer is the anchor, not the mean it would be dragged to
+            object.__setattr__(self, "reg_toward", "init" if self.init == "encoder" else "w_avg")
+        if self.reg_toward not in REG_TARGETS:
+            raise bad("reg_toward", f"None or one of {list(REG_TARGETS)} (the pull's target: w_avg or the start)")
         if not _finite(self.reg_strength) or not 0 <= self.reg_strength <= 1:
             raise bad("reg_strength", "a number in [0, 1] (1 = no pull toward w_avg)")
         if not _finite(self.reg_until) or not 0 <= self.reg_until <= 1:
@@ -102,7 +121,7 @@ class InversionOptions:
 
     @property
     def reg_steps(self) -> int:
-        """Number of leading steps that start with the pull toward ``w_avg`` (0 when reg_strength is 1)."""
+        """Number of leading steps that start with the pull (toward ``reg_toward``; 0 when reg_strength is 1)."""
         return 0 if self.reg_strength == 1 else round(self.reg_until * self.steps)
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,6 +186,8 @@ class InversionResult:
 
 def lpips_quartiles(lpips_per_step: torch.Tensor) -> torch.Tensor:
     """``[steps, N]`` -> ``[steps, 3]`` = (Q1, median, Q3) over images, linear interpolation (numpy's default)."""
+    if lpips_per_step.shape[0] == 0:  # steps=0 (an encoder's answer alone): no curve
+        return torch.empty(0, 3)
     q = torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)
     return torch.quantile(lpips_per_step.to(torch.float64), q, dim=1).T.to(torch.float32)  # [3, steps] -> [steps, 3]
 
@@ -198,6 +219,8 @@ def invert(
     batch_size: int | None = None,
     autocast: torch.dtype | None = None,
     record_trajectory: bool = False,
+    encoder: Encoder | str | os.PathLike[str] | None = None,
+    reg_toward: str | None = None,
     lpips: nn.Module | None = None,
     fingerprint: str | None = None,
     progress: ProgressFn | None = None,
@@ -209,21 +232,28 @@ def invert(
         targets: Images ``[N, C, H, W]`` in [-1, 1] with G's channels and resolution (see
             :func:`opstylegan.data.images.center_crop_resize` and ``to_tensor`` to prepare files).
         space: ``"w"`` / ``"w+"`` (any model) or ``"W"`` / ``"W+"`` (overparam models); default: G's native
-            space (``W`` or ``w``). ``W`` on a baseline raises :class:`opstylegan.latent.LatentError`.
-        steps: Optimisation steps (>= 1).
+            space (``W`` or ``w``), or the encoder's space with ``init="encoder"``. ``W`` on a baseline raises
+            :class:`opstylegan.latent.LatentError`.
+        steps: Optimisation steps (>= 1; 0 with ``init="encoder"`` returns the encoder's answer).
         lr, betas: Adam's learning rate and betas.
         loss: ``"lpips"`` (VGG16 LPIPS, plus ``mse_weight`` x pixel MSE) or ``"mse"`` (pixel MSE only;
             LPIPS is still recorded).
         mse_weight: Weight of the pixel MSE (images scaled to [0, 1]) added to the LPIPS loss.
-        init: ``"w_avg"`` (every vector / row at w_avg) or ``"random"`` (z sampled from ``seed`` and mapped;
-            vector spaces of an overparam model take row 0 of the mapped Z).
-        reg_strength: The pull ``x <- w_avg + reg_strength (x - w_avg)`` before each step; 1 disables it.
+        init: ``"w_avg"`` (every vector / row at w_avg), ``"random"`` (z sampled from ``seed`` and mapped;
+            vector spaces of an overparam model take row 0 of the mapped Z) or ``"encoder"`` (the encoder's
+            prediction, broadcast to ``space``; then ``steps`` may be 0).
+        reg_strength: The pull ``x <- a + reg_strength (x - a)`` before each step, ``a`` = ``w_avg`` or the
+            starting latent (``reg_toward``); 1 disables it.
         reg_until: Fraction of the steps during which the pull is applied (0 = never, 1 = throughout).
         seed: For ``init="random"``: an int (image i uses seed + i) or one seed per target. A latent depends
             only on its own seed, never on the batch.
         batch_size: Targets optimised at once (``None``: all); only changes speed and memory.
         autocast: ``torch.float16`` / ``torch.bfloat16`` to run G and LPIPS under autocast, or ``None``.
         record_trajectory: Keep every step's latents (``result.trajectory``; memory grows with steps).
+        encoder: With ``init="encoder"``: an :class:`opstylegan.encoder.Encoder` or the path of one; default:
+            the encoder in G's model folder (``<model>/encoder``). Refused unless made for exactly G.
+        reg_toward: The pull's target, ``"w_avg"`` or ``"init"`` (the starting latent); default: ``"init"``
+            with ``init="encoder"``, else ``"w_avg"``.
         lpips: An LPIPS module (``opstylegan.metrics.LPIPS``) to reuse; default ``LPIPS("vgg", resize_to=256)``,
             which compares images larger than 256 px at 256 px, as StyleGAN2's projector.
         fingerprint: ``G.fingerprint()`` if already computed (hashing the weights takes a moment).
@@ -232,14 +262,47 @@ def invert(
     Returns:
         An :class:`InversionResult` (CPU tensors).
     """
-    space = check_space(space or G.native_space, overparam=G.overparam)
+    E = None
+    if init == "encoder":
+        E = _resolve_encoder(G, encoder)
+        encoder = getattr(E, "source", None) or "(in memory)"
+    elif encoder is not None:
+        raise ValueError(f"encoder is only used with init='encoder', got init={init!r}")
+    space = check_space(space or (E.space if E is not None else G.native_space), overparam=G.overparam)
     opts = InversionOptions(steps=steps, lr=lr, betas=betas, loss=loss, mse_weight=mse_weight, init=init,
                             reg_strength=reg_strength, reg_until=reg_until,
                             seed=seed if isinstance(seed, int) else 0, batch_size=batch_size, autocast=autocast,
-                            record_trajectory=record_trajectory)
+                            record_trajectory=record_trajectory, encoder=None if encoder is None else str(encoder),
+                            reg_toward=reg_toward)
     targets = check_targets(targets, channels=G.img_channels, size=(G.img_resolution, G.img_resolution))
     seeds = per_image_seeds(seed, len(targets))
-    return project(G, targets, space, opts, seeds=seeds, lpips=lpips, fingerprint=fingerprint, progress=progress)
+    init_latents = None
+    if E is not None:
+        from opstylegan.encoder.api import encode_as
+
+        fingerprint = fingerprint or G.fingerprint()
+        init_latents = encode_as(E, G, targets.to(G.w_avg.device), space, fingerprint=fingerprint,
+                                 batch_size=batch_size)
+    return project(G, targets, space, opts, seeds=seeds, lpips=lpips, fingerprint=fingerprint, progress=progress,
+                   init_latents=init_latents)
+
+
+def _resolve_encoder(G: Generator, encoder: Encoder | str | os.PathLike[str] | None) -> Encoder:
+    """The encoder for ``init="encoder"``: given, loaded from a path, or the one in G's model folder."""
+    from opstylegan.encoder.api import load_encoder, model_encoder_path
+    from opstylegan.encoder.model import Encoder
+
+    if isinstance(encoder, Encoder):
+        return encoder.to(G.w_avg.device)
+    if encoder is None:
+        source = getattr(G, "source", None)
+        if source is None:
+            raise ValueError("init='encoder' needs an encoder: pass encoder=Encoder or a path (this generator was "
+                             "not loaded from a model folder, so it has no shipped encoder to fall back on)")
+        encoder = model_encoder_path(source)
+    if not isinstance(encoder, (str, os.PathLike)):
+        raise ValueError(f"encoder must be an Encoder, a path or None, got {type(encoder).__name__}")
+    return load_encoder(encoder, device=G.w_avg.device)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -326,25 +389,31 @@ Transform = Callable[[torch.Tensor], torch.Tensor]
 
 def project(G: Generator, targets: torch.Tensor, space: str, opts: InversionOptions, *, seeds: Sequence[int],
             lpips: nn.Module | None = None, fingerprint: str | None = None, progress: ProgressFn | None = None,
-            compare: Transform | None = None) -> InversionResult:
+            compare: Transform | None = None, init_latents: torch.Tensor | None = None) -> InversionResult:
     """The optimisation behind :func:`invert` and PULSE, on validated inputs.
 
     ``compare`` maps generated images to what is compared with ``targets`` (PULSE: downsample); ``targets``
     must already be in that form. The result's ``images`` are the full-resolution images; its final metrics
-    compare ``compare(images)`` with ``targets``.
+    compare ``compare(images)`` with ``targets``. ``init_latents`` ``[N, *latent_shape]``: the starting latents
+    (instead of ``opts.init``'s).
     """
     device = G.w_avg.device
     lpips = lpips.to(device) if lpips is not None else default_lpips(device)
     fingerprint = fingerprint or G.fingerprint()
     n = len(targets)
+    if init_latents is not None and tuple(init_latents.shape) != (n, *G.latent_shape(space)):
+        raise ValueError(f"init_latents must have shape {[n, *G.latent_shape(space)]}, got {list(init_latents.shape)}")
+    if init_latents is None and opts.init == "encoder":
+        raise ValueError("init='encoder' needs init_latents (the encoder's prediction); invert() computes them")
     bs = opts.batch_size or n
     num_chunks = math.ceil(n / bs)
     parts: list[dict[str, torch.Tensor]] = []
     with frozen(G, lpips):
         for k in range(num_chunks):
             sl = slice(k * bs, min(n, (k + 1) * bs))
+            start = None if init_latents is None else init_latents[sl].to(device)
             parts.append(_project_chunk(G, targets[sl].to(device), space, opts, seeds[sl], lpips, compare,
-                                        progress, k, num_chunks))
+                                        progress, k, num_chunks, start))
     cat = {key: torch.cat([p[key] for p in parts], dim=1 if key in ("curve", "trajectory") else 0)
            for key in parts[0]}
     return InversionResult(latents=cat["latents"], images=cat["images"], lpips_per_step=cat["curve"],
@@ -360,12 +429,15 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
 
 def _project_chunk(G: Generator, targets: torch.Tensor, space: str, opts: InversionOptions, seeds: Sequence[int],
                    lpips: nn.Module, compare: Transform | None, progress: ProgressFn | None, chunk: int,
-                   num_chunks: int) -> dict[str, torch.Tensor]:
+                   num_chunks: int, start: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     device = targets.device
     n = targets.shape[0]
     compare = compare or (lambda img: img)
-    w_avg = G.w_avg.detach().float()
-    x = initial_latents(G, space, seeds, init=opts.init).requires_grad_(True)  # [n, *latent_shape]
+    if start is None:
+        start = initial_latents(G, space, seeds, init=opts.init)  # [n, *latent_shape]
+    x = start.detach().float().clone().contiguous().requires_grad_(True)
+    # The pull's target: w_avg (broadcast over every vector / row) or each image's starting latent.
+    anchor = G.w_avg.detach().float() if opts.reg_toward == "w_avg" else x.detach().clone()
     optimizer = torch.optim.Adam([x], lr=opts.lr, betas=opts.betas)
     with torch.no_grad(), _autocast(device, opts.autocast):
         target_features = lpips.features(targets)  # computed once: the targets never change
@@ -377,7 +449,7 @@ def _project_chunk(G: Generator, targets: torch.Tensor, space: str, opts: Invers
     for t in range(opts.steps):
         if t < opts.reg_steps:
             with torch.no_grad():
-                x.sub_(w_avg).mul_(opts.reg_strength).add_(w_avg)  # x <- w_avg + s (x - w_avg)
+                x.sub_(anchor).mul_(opts.reg_strength).add_(anchor)  # x <- a + s (x - a)
         if opts.record_trajectory:
             trajectory.append(x.detach().to("cpu", copy=True))
         with _autocast(device, opts.autocast):
