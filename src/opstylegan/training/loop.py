@@ -146,9 +146,9 @@ class Trainer:
         self.cur_tick = 0
         self._tick_sums: dict[str, list[float]] = {k: [] for k in LOSS_TERMS}
         self.fid: SnapshotFID | None = None
-        if cfg.fid_num > 0 and self.info.is_main:
+        if cfg.fid_num > 0:  # on every rank: each one embeds its share of the images
             self.fid = SnapshotFID(self.dataset, cfg.data, num_fake=cfg.fid_num, num_real=cfg.fid_real_num,
-                                   batch_size=self.batch_gpu, device=self.device)
+                                   batch_size=self.batch_gpu, device=self.device, info=self.info)
 
     # -- one step ---------------------------------------------------------------------------------------
     def _run_D(self, img: torch.Tensor) -> torch.Tensor:
@@ -406,13 +406,15 @@ class Trainer:
         with cfg.fid_num, also the snapshot's FID (metrics.jsonl) and network-best/."""
         rank_states = gather_objects(self.rank_state(), self.info)
         info: dict[str, Any] = {}
+        tag = S.kimg_tag(self.cur_nimg)
+        # FID first, on every rank (the images are shared out; rank 0 writes metrics.jsonl and network-best/),
+        # and before the state is saved, so that the state's best_fid includes this snapshot.
+        fid = (self.fid.at_snapshot(run_dir, self.G_ema, self.cur_nimg / 1000, f"network-{tag}")
+               if self.fid is not None and run_dir is not None else None)
         if run_dir is not None and self.info.is_main:
-            tag = S.kimg_tag(self.cur_nimg)
             meta = {"kimg": self.cur_nimg / 1000, "step": self.batch_idx, "training_config": self.cfg.to_json_dict()}
             network = self.G_ema.save_pretrained(run_dir / f"network-{tag}", metadata=meta)
             self._write_fakes(run_dir / f"fakes-{tag}.png")
-            # FID before the state is saved, so that the state's best_fid includes this snapshot.
-            fid = self.fid.at_snapshot(run_dir, self.G_ema, self.cur_nimg / 1000, network.name) if self.fid else None
             state = S.save_state(S.state_path(run_dir, self.cur_nimg), self.state_dict(rank_states))  # type: ignore[arg-type]
             self.G_ema.save_pretrained(run_dir / "network-latest", metadata=meta)
             write_text(run_dir / "latest.json", json.dumps(
