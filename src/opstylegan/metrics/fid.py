@@ -21,8 +21,8 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -40,6 +40,7 @@ __all__ = [
     "compute_feature_stats",
     "compute_generator_stats",
     "dataset_content_hash",
+    "dataset_stats_cache_path",
     "fid_from_stats",
     "frechet_distance",
     "generator_images",
@@ -71,7 +72,6 @@ def images_to_uint8(images: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------------------
 # Feature statistics.
 
-@dataclass
 class FeatureStats:
     """Running feature statistics (float64) of an image stream.
 
@@ -80,25 +80,35 @@ class FeatureStats:
         num_items: Images seen.
         feature_sum: Sum of features [D].
         feature_outer: Sum of outer products [D, D].
-        features: All features [N, D] (float32) when captured (needed for KID), else None.
+        features: All features [N, D] (float32) when captured (needed for KID), else None. Captured batches are
+            kept as a list and concatenated once, when ``features`` is first read (one copy, not one per batch).
         feature_net: Detector name; feature_net_sha256: its weights' sha256.
         image_shape: [C, H, W] of the stream's images.
     """
 
-    feature_dim: int
-    num_items: int = 0
-    feature_sum: np.ndarray = field(default=None)  # type: ignore[assignment]
-    feature_outer: np.ndarray = field(default=None)  # type: ignore[assignment]
-    features: np.ndarray | None = None
-    feature_net: str = ""
-    feature_net_sha256: str = ""
-    image_shape: tuple[int, ...] = ()
+    def __init__(self, feature_dim: int, num_items: int = 0, feature_sum: np.ndarray | None = None,
+                 feature_outer: np.ndarray | None = None, features: np.ndarray | None = None,
+                 feature_net: str = "", feature_net_sha256: str = "", image_shape: tuple[int, ...] = ()) -> None:
+        self.feature_dim, self.num_items = feature_dim, num_items
+        self.feature_sum = np.zeros(feature_dim, np.float64) if feature_sum is None else feature_sum
+        self.feature_outer = (np.zeros((feature_dim, feature_dim), np.float64) if feature_outer is None
+                              else feature_outer)
+        self._chunks: list[np.ndarray] = [] if features is None else [features]
+        self.feature_net, self.feature_net_sha256, self.image_shape = feature_net, feature_net_sha256, image_shape
 
-    def __post_init__(self) -> None:
-        if self.feature_sum is None:
-            self.feature_sum = np.zeros(self.feature_dim, np.float64)
-        if self.feature_outer is None:
-            self.feature_outer = np.zeros((self.feature_dim, self.feature_dim), np.float64)
+    def __repr__(self) -> str:
+        return (f"FeatureStats(feature_dim={self.feature_dim}, num_items={self.num_items}, "
+                f"features={'captured' if self._chunks else None}, feature_net={self.feature_net!r})")
+
+    @property
+    def features(self) -> np.ndarray | None:
+        if len(self._chunks) > 1:
+            self._chunks = [np.concatenate(self._chunks)]  # [sum of B_i, D]
+        return self._chunks[0] if self._chunks else None
+
+    @features.setter
+    def features(self, value: np.ndarray | None) -> None:
+        self._chunks = [] if value is None else [value]
 
     def append(self, feats: np.ndarray, *, capture: bool = False) -> None:
         """Add a batch of features [B, D]."""
@@ -109,8 +119,36 @@ class FeatureStats:
         self.feature_sum += x.sum(axis=0)
         self.feature_outer += x.T @ x
         if capture:
-            f32 = feats.astype(np.float32)
-            self.features = f32 if self.features is None else np.concatenate([self.features, f32])
+            self._chunks.append(feats.astype(np.float32))
+
+    @classmethod
+    def merge(cls, parts: Sequence[FeatureStats]) -> FeatureStats:
+        """The statistics of the concatenated streams of ``parts``, in order (e.g. the shares of several ranks).
+
+        Sums add up; features are kept when every non-empty part captured them. Parts with no items (a rank
+        without a share) may have any feature_dim.
+
+        Raises:
+            ValueError: No part has items, or the parts come from different feature networks.
+        """
+        full = [p for p in parts if p.num_items > 0]
+        if not full:
+            raise ValueError("no statistics to merge: every part is empty")
+        first = full[0]
+        for p in full[1:]:
+            if (p.feature_dim, p.feature_net_sha256, p.image_shape) != \
+                    (first.feature_dim, first.feature_net_sha256, first.image_shape):
+                raise ValueError(f"cannot merge statistics of different feature networks or image shapes: "
+                                 f"{first!r} vs {p!r}")
+        out = cls(first.feature_dim, feature_net=first.feature_net, feature_net_sha256=first.feature_net_sha256,
+                  image_shape=first.image_shape)
+        for p in full:
+            out.num_items += p.num_items
+            out.feature_sum += p.feature_sum
+            out.feature_outer += p.feature_outer
+        if all(p._chunks for p in full):
+            out._chunks = [c for p in full for c in p._chunks]
+        return out
 
     @property
     def mean(self) -> np.ndarray:
@@ -416,6 +454,14 @@ def dataset_content_hash(source: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def dataset_stats_cache_path(dataset_hash: str, detector: Detector, *, cache_dir: str | os.PathLike[str] | None = None,
+                             max_items: int | None = None, capture_features: bool = False) -> Path:
+    """Where :func:`cached_dataset_stats` keeps these statistics: ``<cache>/stats/<key>.npz``."""
+    key_text = f"{_STATS_FORMAT}|{dataset_hash}|{detector.sha256}|{max_items}|{capture_features}"
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:32]
+    return resolve_cache_dir(cache_dir) / "stats" / f"{key}.npz"
+
+
 def cached_dataset_stats(dataset_hash: str, images: Callable[[], Iterable[torch.Tensor | np.ndarray]],
                          detector: Detector, *, cache_dir: str | os.PathLike[str] | None = None,
                          max_items: int | None = None, capture_features: bool = False,
@@ -426,9 +472,8 @@ def cached_dataset_stats(dataset_hash: str, images: Callable[[], Iterable[torch.
     and ``capture_features``; ``images`` is a zero-argument callable returning the image stream, called only
     on a cache miss.
     """
-    key_text = f"{_STATS_FORMAT}|{dataset_hash}|{detector.sha256}|{max_items}|{capture_features}"
-    key = hashlib.sha256(key_text.encode()).hexdigest()[:32]
-    path = resolve_cache_dir(cache_dir) / "stats" / f"{key}.npz"
+    path = dataset_stats_cache_path(dataset_hash, detector, cache_dir=cache_dir, max_items=max_items,
+                                    capture_features=capture_features)
     if path.is_file():
         return FeatureStats.load(path)
     stats = compute_feature_stats(images(), detector, max_items=max_items, capture_features=capture_features,
