@@ -98,18 +98,23 @@ def command(model, images, spaces, outdir, steps, lr, beta1, beta2, loss, mse_we
         RunFolderError,
         SummaryWriteError,
         collect_images,
-        dist_info,
         invert_images,
     )
     from opstylegan.io.lock import RunLockedError
     from opstylegan.io.outdir import describe_os_error, prepare_outdir
     from opstylegan.latent import LatentError, check_space
     from opstylegan.metrics.weights import WeightsError, require_weights
+    from opstylegan.training.distributed import barrier as dist_barrier
+    from opstylegan.training.distributed import init_distributed, shutdown
 
-    rank, world_size, local_rank = dist_info()
-    dev = resolve_device(device)
-    if world_size > 1 and dev.type == "cuda":
-        dev = torch.device("cuda", local_rank)
+    # Under torchrun: join the process group (NCCL on CUDA, gloo on CPU) and take the GPU of LOCAL_RANK; the
+    # group is destroyed when the command ends, whatever the outcome. One process otherwise.
+    try:
+        dinfo = init_distributed(resolve_device(device))
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    click.get_current_context().call_on_close(shutdown)
+    rank, world_size, dev = dinfo.rank, dinfo.world_size, dinfo.device
     try:
         if init == "encoder" and encoder is None:
             from opstylegan.encoder.api import model_encoder_path
@@ -147,13 +152,7 @@ def command(model, images, spaces, outdir, steps, lr, beta1, beta2, loss, mse_we
     except OSError as e:
         raise click.ClickException(str(e)) from None
 
-    barrier = None
-    if world_size > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        barrier = dist.barrier
+    barrier = (lambda: dist_barrier(dinfo)) if dinfo.enabled else None
     n_mine = len(items[rank::world_size])
     total = -(-n_mine // batch) * len(spaces) * steps
     bar = tqdm(total=total, desc="inverting", unit="step", disable=rank != 0, dynamic_ncols=True)

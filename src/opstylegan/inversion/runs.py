@@ -74,7 +74,6 @@ __all__ = [
     "RunFolderError",
     "SummaryWriteError",
     "collect_images",
-    "dist_info",
     "invert_images",
     "load_target",
     "merge_partials",
@@ -186,15 +185,6 @@ def shard(items: Sequence[Any], rank: int, world_size: int) -> list[Any]:
     if not isinstance(world_size, int) or world_size < 1 or not isinstance(rank, int) or not 0 <= rank < world_size:
         raise ValueError(f"need 0 <= rank < world_size, got rank={rank!r}, world_size={world_size!r}")
     return list(items[rank::world_size])
-
-
-def dist_info(env: dict[str, str] | None = None) -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun's environment variables; (0, 1, 0) without torchrun."""
-    env = dict(os.environ) if env is None else env
-    try:
-        return int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0))
-    except ValueError:
-        raise ValueError("RANK / WORLD_SIZE / LOCAL_RANK must be integers (as torchrun sets them)") from None
 
 
 def _stats(values: Iterable[float]) -> dict[str, float]:
