@@ -3,14 +3,20 @@
 Gradients are synchronised by hand (one flattened all-reduce per optimizer step) rather than by DDP: the
 four phases of a StyleGAN2 step (G main, lazy path length, D main, lazy R1) each run their own backward,
 two of them with double backward, and run the networks on different inputs and sub-batches. DDP's hooks
-would need `find_unused_parameters`, `no_sync` juggling and the static-graph caveats of double backward;
-a manual all-reduce is a few lines, exactly stylegan2-ada's own choice, and lets us put the loss value in
-the same buffer so that a NaN on any rank stops every rank at the same step (no deadlock).
+would need `find_unused_parameters`, `no_sync` juggling and the static-graph caveats of double backward.
+(stylegan2-ada-pytorch wraps its networks in DistributedDataParallel; stylegan3 dropped DDP and all-reduces
+the flattened gradients by hand, as here.) The manual all-reduce also carries the loss value in the same
+buffer, so that a NaN on any rank stops every rank at the same step (no deadlock); reading that value on the
+host costs one device sync per phase (benchmarks/bench_ddp_sync.py measures it).
+
+`torchrun_env` is the one parser of torchrun's environment (training and `opstylegan invert` use it through
+`init_distributed`).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,23 +43,39 @@ class DistInfo:
         return self.world_size > 1
 
 
-def torchrun_env() -> tuple[int, int, int] | None:
-    """(rank, world_size, local_rank) when launched by torchrun (RANK/WORLD_SIZE set), else None."""
-    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+def torchrun_env(env: Mapping[str, str] | None = None) -> tuple[int, int, int] | None:
+    """(rank, world_size, local_rank) when launched by torchrun (RANK and WORLD_SIZE set), else None.
+
+    ``env`` defaults to ``os.environ``. LOCAL_RANK defaults to RANK (one node).
+
+    Raises:
+        ValueError: The variables are not integers, or not 0 <= RANK < WORLD_SIZE and LOCAL_RANK >= 0.
+    """
+    env = os.environ if env is None else env
+    if "RANK" not in env or "WORLD_SIZE" not in env:
         return None
+    got = (f"RANK={env['RANK']!r}, WORLD_SIZE={env['WORLD_SIZE']!r}, LOCAL_RANK={env.get('LOCAL_RANK')!r}")
     try:
-        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-        local = int(os.environ.get("LOCAL_RANK", rank))
+        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+        local = int(env.get("LOCAL_RANK", rank))
     except ValueError:
-        raise ValueError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers, got RANK={os.environ['RANK']!r}, "
-                         f"WORLD_SIZE={os.environ['WORLD_SIZE']!r}") from None
+        raise ValueError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers (as torchrun sets them), "
+                         f"got {got}") from None
+    if world < 1 or not 0 <= rank < world or local < 0:
+        raise ValueError(f"torchrun environment out of range: need WORLD_SIZE >= 1, 0 <= RANK < WORLD_SIZE and "
+                         f"LOCAL_RANK >= 0, got {got}")
     return rank, world, local
 
 
 def init_distributed(device: torch.device) -> DistInfo:
     """Joins the process group if launched by torchrun (NCCL on CUDA, gloo on CPU); one process otherwise.
 
-    On CUDA each process takes the GPU of its LOCAL_RANK. `device` is the device asked for ('cuda' or 'cpu').
+    On CUDA each process takes the GPU of its LOCAL_RANK (``torch.cuda.set_device``), so NCCL collectives and
+    ``.cuda()`` calls go to that GPU. `device` is the device asked for ('cuda' or 'cpu'). Call
+    :func:`shutdown` when done.
+
+    Raises:
+        ValueError: A malformed torchrun environment (see :func:`torchrun_env`).
     """
     env = torchrun_env()
     if env is None or env[1] == 1:
@@ -68,6 +90,7 @@ def init_distributed(device: torch.device) -> DistInfo:
 
 
 def shutdown() -> None:
+    """Destroys the process group, if one was joined (safe to call in every case)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
