@@ -40,7 +40,8 @@ _RUN_OPTIONS = ("data", "outdir", "overparam", "preset", "batch", "gamma", "snap
 @click.option("--preset", type=click.Choice(["auto", "small", "tiny"]), default="auto",
               help="Network size: auto = stylegan2-ada 'auto' (the paper), small = one small GPU, tiny = CPU tests.")
 @click.option("--kimg", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Train until this many thousand real images (default 25000; with --resume: keep the run's).")
+              help="Train until this many thousand real images (default 25000; with --resume: keep the run's, or "
+                   "extend / shorten it, never below where the run already is).")
 @click.option("--batch", type=click.IntRange(min=2), default=None,
               help="Total batch over all processes [default: max(min(gpus * min(4096 // res, 32), 64), gpus)].")
 @click.option("--gamma", type=click.FloatRange(min=0), default=None,
@@ -95,6 +96,8 @@ def command(ctx: click.Context, data: Path | None, outdir: Path, overparam: bool
     """
     from opstylegan.config import ConfigError
     from opstylegan.data.build import DatasetError
+    from opstylegan.data.images import ImageError
+    from opstylegan.io.outdir import OutputPathError, describe_os_error
     from opstylegan.io.lock import RunLockedError
     from opstylegan.training.config import TrainConfig
     from opstylegan.training.distributed import init_distributed, shutdown
@@ -123,17 +126,34 @@ def command(ctx: click.Context, data: Path | None, outdir: Path, overparam: bool
                               pl_weight=pl_weight, pl_rows=pl_rows, style_mixing_prob=style_mixing,
                               init_from=init_from, init_d=init_d, upcycle_kimg=upcycle_kimg,
                               d_warmup_kimg=d_warmup_kimg)
+            _check_outdir(outdir)
         result = train(cfg, outdir=outdir, resume=resume, kimg=kimg if resume is not None else None, info=info,
                        progress=ui.progress, callback=ui.callback)
     except TrainingDiverged as e:
         ui.log(f"ERROR: {e}")
         raise click.ClickException(str(e)) from None
-    except (ConfigError, DatasetError, StateError, FileNotFoundError, RunLockedError) as e:
+    except (ConfigError, DatasetError, StateError, FileNotFoundError, RunLockedError, OutputPathError,
+            ImageError) as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:  # a disk that fills up, a folder made read-only during the run
+        run = ui.run_dir or resume
+        hint = (f"; the last complete snapshot is kept: fix this, then continue with `opstylegan train --resume {run}`"
+                if run is not None else "")
+        ui.log(f"ERROR: {describe_os_error(e)}")
+        raise click.ClickException(f"{describe_os_error(e)}{hint}") from None
     finally:
         ui.close()
         shutdown()
     ui.echo(f"done: {result.run_dir} (kimg {result.last_tick.get('kimg', 'already reached')})")
+
+
+def _check_outdir(outdir: Path) -> None:
+    """A file in the way or no permission is refused before the dataset is read; nothing is created (a run that
+    cannot start leaves no folder): the nearest existing folder on the way is probed instead."""
+    from opstylegan.io.outdir import prepare_outdir
+
+    existing = next(p for p in (outdir, *outdir.parents) if p.exists())
+    prepare_outdir(existing if existing.is_dir() else outdir)
 
 
 class _ConsoleUI:
@@ -156,8 +176,13 @@ class _ConsoleUI:
     def log(self, line: str) -> None:
         self.echo(line)
         if self.enabled and self.run_dir is not None:
-            with open(self.run_dir / "log.txt", "a", encoding="utf-8") as f:
-                f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+            try:
+                with open(self.run_dir / "log.txt", "a", encoding="utf-8") as f:
+                    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+            except OSError:  # a full disk: the line is on the console; the error itself is reported by the caller
+                if line.startswith("ERROR"):
+                    return
+                raise
 
     def progress(self, cur_nimg: int, total_nimg: int, info: dict[str, float]) -> None:
         if not self.enabled:
@@ -193,6 +218,9 @@ class _ConsoleUI:
         elif event == "resume":
             for skipped in data["skipped"]:
                 self.log(f"WARNING: skipped an unreadable state: {skipped}")
+            if data.get("dropped_stats_lines"):
+                self.log(f"WARNING: dropped {data['dropped_stats_lines']} incomplete line(s) of stats.jsonl (written "
+                         f"when the run was stopped)")
             self.log(f"resuming from {data['state']} (kimg {data['cur_nimg'] / 1000:.3f})")
             if not data["exact"]:
                 self.log(f"WARNING: the state was saved by {data['saved_world_size']} process(es); continuing with "

@@ -7,12 +7,15 @@ Items are uint8 tensors `[C, H, W]`; `to_tensor` turns a batch into floats in [-
 
 from __future__ import annotations
 
+import io
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from opstylegan.data.build import IMAGES_FILE, LABELS_FILE, META_FILE, DatasetError, read_metadata
@@ -171,6 +174,51 @@ class ImageDataset(Dataset):
     def __repr__(self) -> str:
         return (f"ImageDataset({str(self.path)!r}, kind={self.kind!r}, len={len(self)}, "
                 f"shape={self.image_shape})")
+
+
+def _image_size(files: ImageFiles, index: int) -> tuple[int, int]:
+    """(width, height) of image `index` from its header; files in a folder are not read beyond it."""
+    name = files.display_name(index)
+    try:
+        if files.kind == "zip":
+            with Image.open(io.BytesIO(files.read_bytes(index))) as img:
+                return img.size
+        with Image.open(files.path / files.names[index] if files.kind == "folder" else files.path) as img:
+            return img.size
+    except ImageError:
+        raise
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ImageError(name, f"not a readable image ({e})") from None
+
+
+def check_raw_training_images(path: PathLike) -> None:
+    """Raw images (a folder, a .zip or one file) can be trained on only when every one is readable, square and of
+    one power-of-two size in [16, 1024]: training cannot crop or resize them. Raises DatasetError naming the
+    sizes found (with an example of each) and the `opstylegan dataset` command that fixes it. Reads only the
+    image headers of files in a folder.
+    """
+    files = ImageFiles(path)
+    if len(files) == 0:
+        raise DatasetError(f"{path}: not a dataset: no {META_FILE} and no image files")
+    sizes: dict[tuple[int, int], list[str]] = defaultdict(list)
+    bad: list[str] = []
+    for i in range(len(files)):
+        try:
+            sizes[_image_size(files, i)].append(files.display_name(i))
+        except ImageError as e:
+            bad.append(str(e))
+    fix = (f"build a training set of one size with `opstylegan dataset {path} DEST --resolution R --channels C` "
+           f"(it crops, resizes and checks every image), then train on DEST")
+    if bad:
+        raise DatasetError(f"{path}: {len(bad)} of {len(files)} images cannot be read ({'; '.join(bad[:3])}); {fix}")
+    if len(sizes) > 1:
+        found = ", ".join(f"{w}x{h} ({len(names)}, e.g. {names[0]})" for (w, h), names in
+                          sorted(sizes.items(), key=lambda kv: -len(kv[1]))[:5])
+        raise DatasetError(f"{path}: the images differ in size: {found}; {fix}")
+    ((w, h),) = sizes
+    if w != h or w < 16 or w > 1024 or w & (w - 1):
+        raise DatasetError(f"{path}: the images are {w}x{h} px; training needs square images of a power-of-two "
+                           f"size in [16, 1024]; {fix}")
 
 
 def open_dataset(path: PathLike, **kwargs: Any) -> ImageDataset:

@@ -26,7 +26,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from opstylegan.data.dataset import ImageDataset, InfiniteSampler
+from opstylegan.config import ConfigError
+from opstylegan.data.build import META_FILE
+from opstylegan.data.dataset import ImageDataset, InfiniteSampler, check_raw_training_images
 from opstylegan.data.images import save_grid
 from opstylegan.io.atomic import write_text
 from opstylegan.io.lock import RunLock
@@ -82,6 +84,8 @@ def images_to_float(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
 def open_training_set(cfg: TrainConfig) -> ImageDataset:
     if not cfg.data:
         raise ValueError("TrainConfig.data is empty; give the dataset folder built by `opstylegan dataset`")
+    if Path(cfg.data).exists() and not (Path(cfg.data) / META_FILE).exists():
+        check_raw_training_images(cfg.data)  # raw images: one trainable size, all readable, checked up front
     return ImageDataset(cfg.data, xflip=cfg.mirror)
 
 
@@ -465,14 +469,26 @@ def _abs_model_ref(ref: str | None) -> str | None:
     return str(Path(ref).resolve())
 
 
-def _trim_stats(run_dir: Path, cur_nimg: int) -> None:
-    """Drops stats lines written after the state we resume from (a run killed between snapshots)."""
+def _trim_stats(run_dir: Path, cur_nimg: int) -> int:
+    """Drops stats lines written after the state we resume from (a run killed between snapshots), and lines that
+    are not a complete JSON record (a kill or a full disk during the append leaves a half-written last line).
+    Returns the number of incomplete lines dropped."""
     path = run_dir / STATS_NAME
     if not path.is_file():
-        return
-    keep = [line for line in path.read_text("utf-8").splitlines()
-            if line.strip() and json.loads(line)["kimg"] <= cur_nimg / 1000 + 1e-9]
+        return 0
+    keep, broken = [], 0
+    for line in path.read_text("utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            kimg = float(json.loads(line)["kimg"])
+        except (ValueError, KeyError, TypeError):
+            broken += 1
+            continue
+        if kimg <= cur_nimg / 1000 + 1e-9:
+            keep.append(line)
     write_text(path, "".join(line + "\n" for line in keep))
+    return broken
 
 
 @dataclass
@@ -512,10 +528,16 @@ def _train(cfg: TrainConfig | None, outdir: str | os.PathLike[str] | None, resum
         latest = S.find_latest_state(run_dir, map_location="cpu")
         trainer.load_state_dict(latest.state)
         resumed_from = latest.path
+        if kimg is not None and kimg * 1000 < trainer.cur_nimg:  # refused before config.json is rewritten
+            raise ConfigError(f"kimg={kimg:g} is below where the run {str(run_dir)!r} already is (kimg "
+                              f"{trainer.cur_nimg / 1000:.3f}, {latest.path.name}); a run is never shortened: give "
+                              f"kimg >= {trainer.cur_nimg / 1000:.3f}, or use one of its network-<kimg> snapshots")
+        dropped = 0
         if info.is_main:
-            _trim_stats(run_dir, trainer.cur_nimg)
+            dropped = _trim_stats(run_dir, trainer.cur_nimg)
             S.remove_stale_temporaries(run_dir)
         resume_info = {"state": str(latest.path), "cur_nimg": trainer.cur_nimg, "skipped": latest.skipped,
+                       "dropped_stats_lines": dropped,
                        "exact": latest.state["world_size"] == info.world_size,
                        "saved_world_size": latest.state["world_size"]}
     else:

@@ -84,13 +84,17 @@ def save_state(path: str | os.PathLike[str], state: dict[str, Any]) -> Path:
     return path
 
 
-def load_state(path: str | os.PathLike[str], *, map_location: torch.device | str = "cpu") -> dict[str, Any]:
-    """Reads a state file with torch.load(weights_only=True); raises StateError if it is not a complete state."""
+def load_state(path: str | os.PathLike[str], *, map_location: torch.device | str = "cpu",
+               mmap: bool = False) -> dict[str, Any]:
+    """Reads a state file with torch.load(weights_only=True); raises StateError if it is not a complete state.
+
+    With `mmap`, tensors are memory-mapped instead of read (a cheap check that the file loads).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training state not found: {str(path)!r}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # a truncated zip, a foreign pickle refused by weights_only, ...
         raise StateError(f"{str(path)!r} is not a readable training state: {type(e).__name__}: {e}") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
@@ -131,12 +135,25 @@ def find_latest_state(run_dir: str | os.PathLike[str], *, map_location: torch.de
 
 
 def prune_states(run_dir: str | os.PathLike[str], keep: int = 2) -> list[Path]:
-    """Deletes all but the `keep` newest state files (called only after a new state is in place)."""
+    """Deletes the state files older than the `keep` newest ones that load (called after a new state is in place).
+
+    Only states that load count among the kept ones: an unreadable state newer than them is left alone (resume
+    skips it and says so), so it never costs a good state its place. Unreadable states older than the kept
+    ones are deleted with the other old states.
+    """
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep}")
-    removed = list_states(run_dir)[keep:]
-    for p in removed:
-        p.unlink(missing_ok=True)
+    kept, removed = 0, []
+    for p in list_states(run_dir):
+        if kept < keep:
+            try:
+                load_state(p, mmap=True)
+            except StateError:
+                continue
+            kept += 1
+        else:
+            p.unlink(missing_ok=True)
+            removed.append(p)
     return removed
 
 
