@@ -20,17 +20,21 @@ from opstylegan.encoder import (
     EncoderTrainConfig,
     EncoderTrainer,
     LatentPrior,
+    ReferenceMismatch,
     check_encoder,
+    check_reference,
     encode,
     load_encoder,
     mapping_statistics,
     model_encoder_path,
     train_encoder,
+    write_reference,
 )
 from opstylegan.inversion import invert
 from opstylegan.io.checkpoint import CheckpointError
 from opstylegan.latent import LatentError
 from opstylegan.metrics.lpips import LPIPS
+from opstylegan.pretrained import SHIPPED, shipped_model_path
 from opstylegan.training.state import StateError
 
 
@@ -267,3 +271,31 @@ def test_the_encoder_in_the_model_folder_is_found(models, tmp_path, lpips):
     res = invert(G, x, init="encoder", steps=0, lpips=lpips)
     assert res.options.encoder == str(tmp_path / "model" / "encoder")
     torch.testing.assert_close(res.latents, encode(E, x), rtol=0, atol=0)
+
+
+def test_reference_outputs_catch_a_changed_encoder_or_generator(models, tmp_path):
+    G = models["op"]
+    E = Encoder.for_generator(G)
+    E.save_pretrained(tmp_path / "enc")
+    ref = write_reference(tmp_path / "enc", E, G)
+    assert check_reference(tmp_path / "enc", G) <= 1e-6  # 6 decimals stored
+    with pytest.raises(ReferenceMismatch, match="not the one the reference was written with"):
+        check_reference(tmp_path / "enc", Generator(tiny(True, res=16)))
+    saved = ref.read_text()
+    with torch.no_grad():
+        E.fc.bias.add_(1e-3)
+    E.save_pretrained(tmp_path / "enc")  # replaces the folder: put the old reference back
+    ref.write_text(saved)
+    with pytest.raises(ReferenceMismatch, match="weights or config changed"):
+        check_reference(tmp_path / "enc", G)
+
+
+SHIPPED_ENCODERS = [n for n in SHIPPED if (shipped_model_path(n) / ENCODER_DIR / "config.json").is_file()]
+
+
+@pytest.mark.parametrize("name", SHIPPED_ENCODERS)
+def test_shipped_encoders_reproduce_their_reference(name):
+    path = shipped_model_path(name)
+    G = Generator.from_pretrained(path)
+    assert check_reference(model_encoder_path(path), G) <= 1e-4
+    assert (path / ENCODER_DIR / "MODEL_CARD.md").is_file()

@@ -15,6 +15,7 @@ from opstylegan.encoder.api import (
     model_encoder_path,
 )
 from opstylegan.encoder.model import ENCODER_SPACES, Encoder, EncoderConfig, MappingStatistics, mapping_statistics
+from opstylegan.encoder.reference import ReferenceMismatch, check_reference, write_reference
 from opstylegan.encoder.train import EncoderTrainConfig, EncoderTrainer, EncoderTrainResult, LatentPrior, train_encoder
 
 __all__ = [
@@ -28,11 +29,14 @@ __all__ = [
     "EncoderTrainer",
     "LatentPrior",
     "MappingStatistics",
+    "ReferenceMismatch",
     "check_encoder",
+    "check_reference",
     "encode",
     "encode_as",
     "load_encoder",
     "mapping_statistics",
     "model_encoder_path",
     "train_encoder",
+    "write_reference",
 ]

@@ -1,0 +1,113 @@
+"""The encoder against the projector: speed of the encoder alone, and LPIPS / PSNR of the encoder alone, of
+encoder + N refinement steps and of N steps from w_avg (the paper's protocol), on the same images.
+
+Every configuration is its own projector run (the pull of the first half depends on the number of steps, so
+"25 steps" is a 25-step run, not step 25 of a longer one). The pull ablation runs encoder + ``--ablation-steps``
+with the pull toward the encoder's answer (the default), toward w_avg, and without a pull.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_encoder.py --model fmnist32-overparam \\
+        --encoder runs/00000-fmnist32_encoder-overparam/encoder-latest --images examples/fmnist --out out/bench_encoder.json
+
+Speed: the median over ``--reps`` timed calls of ``encode`` after 2 warm-up calls, at batch 1 and batch 32 (the
+images repeated to 32), in ms per image and images/s, with the thread count and the machine's load average.
+Figures are written to ``--out`` (JSON) after every configuration, so a stopped run keeps what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def timed_encode(E: Any, x: torch.Tensor, reps: int) -> float:
+    """Median seconds of one ``encode(E, x)`` call."""
+    from opstylegan.encoder import encode
+
+    for _ in range(2):
+        encode(E, x)
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        encode(E, x)
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def summary(res: Any) -> dict[str, float]:
+    q = torch.quantile(res.lpips.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
+    return {"lpips_median": q[1], "lpips_q1": q[0], "lpips_q3": q[2], "psnr_median": float(torch.quantile(res.psnr.double(), 0.5))}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="fmnist32-overparam")
+    p.add_argument("--encoder", default=None, help="encoder folder [default: the model folder's encoder/]")
+    p.add_argument("--images", default="examples/fmnist")
+    p.add_argument("--steps", default="25,50,100", help="refinement / projector step counts")
+    p.add_argument("--ablation-steps", type=int, default=50, help="steps of the pull ablation (0: skip it)")
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--skip-quality", action="store_true", help="speed only")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args()
+
+    from opstylegan.encoder import load_encoder, model_encoder_path
+    from opstylegan.inversion import invert
+    from opstylegan.inversion.runs import collect_images, load_target
+    from opstylegan.metrics.lpips import LPIPS
+    from opstylegan.models.generator import Generator
+    from opstylegan.pretrained import resolve_model
+
+    model_dir = resolve_model(args.model)
+    G = Generator.from_pretrained(model_dir)
+    enc_path = Path(args.encoder) if args.encoder else model_encoder_path(model_dir)
+    E = load_encoder(enc_path, G)
+    x = torch.cat([load_target(it, G) for it in collect_images([args.images])])
+    out: dict[str, Any] = {"model": str(args.model), "encoder": str(enc_path), "images": args.images, "n": len(x),
+                           "space": E.space, "threads": torch.get_num_threads(),
+                           "encoder_parameters": sum(p.numel() for p in E.parameters())}
+
+    def save() -> None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2) + "\n")
+
+    speed = {}
+    for b in (1, 32):
+        xb = x[:1] if b == 1 else x.repeat(-(-32 // len(x)), 1, 1, 1)[:32]
+        sec = timed_encode(E, xb, args.reps)
+        speed[f"batch{b}"] = {"ms_per_image": 1000 * sec / b, "images_per_s": b / sec}
+    out["speed"] = {**speed, "load_average": os.getloadavg()}
+    save()
+    if args.skip_quality:
+        return
+
+    lpips = LPIPS("vgg", resize_to=256)
+    fp = G.fingerprint()
+    rows: dict[str, Any] = {}
+    out["quality"] = rows
+
+    def run(name: str, **kw: Any) -> None:
+        t = time.perf_counter()
+        res = invert(G, x, E.space, lpips=lpips, fingerprint=fp, **kw)
+        rows[name] = {**summary(res), "seconds": time.perf_counter() - t}
+        save()
+
+    steps = [int(s) for s in args.steps.split(",") if s]
+    run("encoder alone", init="encoder", encoder=E, steps=0)
+    for s in steps:
+        run(f"encoder + {s} steps", init="encoder", encoder=E, steps=s)
+        run(f"w_avg, {s} steps", steps=s)
+    if args.ablation_steps:
+        s = args.ablation_steps
+        run(f"encoder + {s} steps, pull toward w_avg", init="encoder", encoder=E, steps=s, reg_toward="w_avg")
+        run(f"encoder + {s} steps, no pull", init="encoder", encoder=E, steps=s, reg_strength=1.0)
+
+
+if __name__ == "__main__":
+    main()
