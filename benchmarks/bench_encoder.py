@@ -2,11 +2,12 @@
 encoder + N refinement steps and of N steps from w_avg (the paper's protocol), on the same images.
 
 Every configuration is its own projector run (the pull of the first half depends on the number of steps, so
-"25 steps" is a 25-step run, not step 25 of a longer one). The pull ablation runs encoder + ``--ablation-steps``
-with the pull toward the encoder's answer (the default), toward w_avg, and without a pull.
+"25 steps" is a 25-step run, not step 25 of a longer one). The pull ablation runs encoder +
+``--ablation-steps`` with the pull toward the encoder's answer (the default), toward w_avg, and without a pull.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_encoder.py --model fmnist32-overparam \\
-        --encoder runs/00000-fmnist32_encoder-overparam/encoder-latest --images examples/fmnist --out out/bench_encoder.json
+        --encoder runs/00000-fmnist32_encoder-overparam/encoder-latest --images examples/fmnist \\
+        --out out/bench_encoder.json
 
 Speed: the median over ``--reps`` timed calls of ``encode`` after 2 warm-up calls, at batch 1 and batch 32 (the
 images repeated to 32), in ms per image and images/s, with the thread count and the machine's load average.
@@ -42,7 +43,8 @@ def timed_encode(E: Any, x: torch.Tensor, reps: int) -> float:
 
 def summary(res: Any) -> dict[str, float]:
     q = torch.quantile(res.lpips.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
-    return {"lpips_median": q[1], "lpips_q1": q[0], "lpips_q3": q[2], "psnr_median": float(torch.quantile(res.psnr.double(), 0.5))}
+    psnr = float(torch.quantile(res.psnr.double(), 0.5))
+    return {"lpips_median": q[1], "lpips_q1": q[0], "lpips_q3": q[2], "psnr_median": psnr}
 
 
 def main() -> None:
@@ -51,7 +53,8 @@ def main() -> None:
     p.add_argument("--encoder", default=None, help="encoder folder [default: the model folder's encoder/]")
     p.add_argument("--images", default="examples/fmnist")
     p.add_argument("--steps", default="25,50,100", help="refinement / projector step counts")
-    p.add_argument("--ablation-steps", type=int, default=50, help="steps of the pull ablation (0: skip it)")
+    p.add_argument("--ablation-steps", type=int, default=50,
+                   help="steps of the pull ablation (0: skip it)")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--skip-quality", action="store_true", help="speed only")
     p.add_argument("--out", type=Path, required=True)

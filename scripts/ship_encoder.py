@@ -96,6 +96,24 @@ def model_card(name: str, E: Encoder, G: Generator, run: Path, cfg: dict[str, An
     seconds = sum(s["sec_per_tick"] for s in stats)
     last = stats[-1]["loss"] if stats else {}
     s1, s32 = figs["speed"][1], figs["speed"][32]
+    rows = [
+        ("network", f"residual conv backbone {c.img_resolution} px -> 4x4 (channel_base {c.channel_base}, channel_max "
+                    f"{c.channel_max}), {c.features} features, head of {c.num_basis} basis rows mixed per row, "
+                    f"offsets from w_avg in units of the mapping's std; {params:,} parameters"),
+        ("data", f"`{ds['name']}`: {ds['count']:,} training images ({ds['channels']} x {ds['resolution']} px), "
+                 f"images.npy sha256 `{ds['sha256']['images.npy'][:16]}...`; test images never seen"),
+        ("training", f"{cfg['kimg']:g} kimg of real images + as many generated pairs, batch {cfg['batch']}, Adam lr "
+                     f"{cfg['lr']:g}; loss = {cfg['latent_weight']:g} latent + {cfg['lpips_weight']:g} "
+                     f"LPIPS-{cfg['lpips_net']} + {cfg['mse_weight']:g} MSE + {cfg['reg_weight']:g} prior; seed "
+                     f"{cfg['seed']}; {seconds / 60:.1f} minutes"),
+        ("last tick's losses", ", ".join(f"{k} {v:.4f}" for k, v in last.items())),
+        (f"encoder alone, {figs['images']} images of `{examples.as_posix()}`",
+         f"LPIPS (VGG) median {figs['lpips_median']:.4f}, PSNR median {figs['psnr_median']:.2f} dB"),
+        (f"speed (CPU, {figs['threads']} thread(s), load average {figs['load_average'][0]:.1f})",
+         f"batch 1: {s1['ms_per_image']:.2f} ms/image ({s1['images_per_s']:.0f} images/s); batch 32: "
+         f"{s32['ms_per_image']:.2f} ms/image ({s32['images_per_s']:.0f} images/s)"),
+    ]
+    table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     return f"""# Encoder for {name}
 
 An encoder image -> {c.space} latent ({c.num_rows} x {c.w_dim}) for the model in the folder above (generator
@@ -105,16 +123,11 @@ fingerprint `{c.generator_fingerprint[:16]}...`; refused by any other model). Us
 
 | | |
 | --- | --- |
-| network | residual conv backbone {c.img_resolution} px -> 4x4 (channel_base {c.channel_base}, channel_max {c.channel_max}), {c.features} features, head of {c.num_basis} basis rows mixed per row, offsets from w_avg in units of the mapping's std; {params:,} parameters |
-| data | `{ds['name']}`: {ds['count']:,} training images ({ds['channels']} x {ds['resolution']} px), images.npy sha256 `{ds['sha256']['images.npy'][:16]}...`; test images never seen |
-| training | {cfg['kimg']:g} kimg of real images + as many generated pairs, batch {cfg['batch']}, Adam lr {cfg['lr']:g}; loss = {cfg['latent_weight']:g} latent + {cfg['lpips_weight']:g} LPIPS-{cfg['lpips_net']} + {cfg['mse_weight']:g} MSE + {cfg['reg_weight']:g} prior; seed {cfg['seed']}; {seconds / 60:.1f} minutes |
-| last tick's losses | {', '.join(f'{k} {v:.4f}' for k, v in last.items())} |
-| encoder alone, {figs['images']} images of `{examples.as_posix()}` | LPIPS (VGG) median {figs['lpips_median']:.4f}, PSNR median {figs['psnr_median']:.2f} dB |
-| speed (CPU, {figs['threads']} thread(s), load average {figs['load_average'][0]:.1f}) | batch 1: {s1['ms_per_image']:.2f} ms/image ({s1['images_per_s']:.0f} images/s); batch 32: {s32['ms_per_image']:.2f} ms/image ({s32['images_per_s']:.0f} images/s) |
+{table}
 
 Reproduce: `python scripts/ship_encoder.py {name} --data data/{ds['name']} --kimg {cfg['kimg']:g} --outdir runs`
-(training run `{run.name}`). `reference.json` holds the latents of the images of seeds 0-3 (truncation 0.7);
-tests/test_encoder.py checks that the encoder still predicts them.
+(training run `{run.name}`). `reference.json` holds the latents of the images of seeds 0-3
+(truncation 0.7); tests/test_encoder.py checks that the encoder still predicts them.
 """
 
 

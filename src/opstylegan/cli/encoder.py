@@ -64,8 +64,8 @@ def command() -> None:
 @click.pass_context
 def train(ctx: click.Context, model: str, data: Path | None, outdir: Path, space: str | None, kimg: float | None,
           batch: int, lr: float, latent_weight: float, lpips_weight: float, mse_weight: float, reg_weight: float,
-          lpips_net: str, channel_base: int | None, channel_max: int | None, features: int, num_basis: int, tick: float, snap: int,
-          seed: int, mirror: bool, resume: Path | None, device: str) -> None:
+          lpips_net: str, channel_base: int | None, channel_max: int | None, features: int, num_basis: int,
+          tick: float, snap: int, seed: int, mirror: bool, resume: Path | None, device: str) -> None:
     """Train an encoder for a generator on real images and generated (image, latent) pairs.
 
     Writes into one run folder: config.json (resolved), log.txt, stats.jsonl (one line per tick),
@@ -96,8 +96,8 @@ def train(ctx: click.Context, model: str, data: Path | None, outdir: Path, space
             cfg = EncoderTrainConfig(model=model, data=str(data), space=space, kimg=kimg or 100.0, batch=batch, lr=lr,
                                      latent_weight=latent_weight, lpips_weight=lpips_weight, mse_weight=mse_weight,
                                      reg_weight=reg_weight, lpips_net=lpips_net, channel_base=channel_base,
-                                     channel_max=channel_max, features=features, num_basis=num_basis, tick_kimg=tick, snap=snap, seed=seed,
-                                     mirror=mirror)
+                                     channel_max=channel_max, features=features, num_basis=num_basis,
+                                     tick_kimg=tick, snap=snap, seed=seed, mirror=mirror)
         result = train_encoder(cfg, outdir=outdir, resume=resume, kimg=kimg if resume is not None else None,
                                device=dev, progress=ui.progress, callback=ui.callback)
     except (ConfigError, DatasetError, StateError, CheckpointError, LatentError, FileNotFoundError, ValueError,
