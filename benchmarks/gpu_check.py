@@ -257,9 +257,20 @@ def _read_new(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
 
 
 def _kill(proc: subprocess.Popen) -> None:
-    """SIGKILL to the worker's process group (the worker and whatever it started in that group)."""
+    """Ends the worker: SIGTERM (it then stops what its part started in other sessions, such as torchrun and
+    the trainer torchrun runs in a session of its own), and SIGKILL to its process group after 10 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout=10)
+            break
+        except subprocess.TimeoutExpired:
+            continue
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)  # anything left in its group
     except ProcessLookupError:
         pass
     proc.wait()
@@ -360,6 +371,15 @@ def worker(job: dict[str, Any]) -> int:
     import torch
 
     import gpu_check_parts as P
+    import gpu_check_speed
+
+    parts = {**P.CORRECTNESS_PARTS, **gpu_check_speed.MEASURING_PARTS}
+
+    def on_term(_sig: int, _frame: Any) -> None:
+        P.stop_children()
+        os._exit(143)
+
+    signal.signal(signal.SIGTERM, on_term)
 
     mode = job["mode"]
     if mode == "gpu" and not torch.cuda.is_available():
@@ -398,7 +418,7 @@ def worker(job: dict[str, Any]) -> int:
         emit("start", part=part, t=start)
         log(f"== {part}")
         try:
-            result = P.PARTS[part](ctx)
+            result = parts[part](ctx)
         except Exception as e:  # noqa: BLE001 - recorded; the next part still runs
             tb = traceback.format_exc()
             log(tb)
@@ -406,7 +426,7 @@ def worker(job: dict[str, Any]) -> int:
                       "traceback": tb}
         result["seconds"] = round(time.time() - start, 2)
         shutil.rmtree(scratch, ignore_errors=True)
-        P._free(device)
+        P.free_memory(device)
         emit("done", part=part, result=result)
         if P.is_cuda_fatal(result):
             log("a CUDA error left this process unusable; the next parts run in a fresh worker")
