@@ -34,7 +34,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 from PIL import Image
@@ -273,7 +273,7 @@ def remove_stale_builds(dest: PathLike) -> list[Path]:
     return sorted(removed)
 
 
-def _open_images_file(path: Path, shape: tuple[int, int, int, int]) -> Any:
+def _open_images_file(path: Path, shape: tuple[int, int, int, int]) -> BinaryIO:
     """Create an .npy file for uint8 `shape`, preallocated on disk; returns it open for writing at the data."""
     f = open(path, "wb")  # noqa: SIM115 - returned to the caller, who closes it
     try:
