@@ -81,10 +81,10 @@ def _outdir(path: str) -> Path:
         raise click.ClickException(str(e)) from None
 
 
-def _write_failed(e: OSError, what: str) -> click.ClickException:
+def _write_failed(e: OSError, out: Path, what: str) -> click.ClickException:
     from opstylegan.io.outdir import describe_os_error
 
-    return click.ClickException(f"{describe_os_error(e)}; {what}")
+    return click.ClickException(f"{describe_os_error(e, e.filename or out)}; {what}")
 
 
 def _require(*names: str) -> None:
@@ -218,7 +218,7 @@ def paths_command(model, latents_opt, latents_args, all_pairs, steps, max_pairs,
             "ts": ts.tolist(), "all_pairs": all_pairs, "latents": [str(p) for p in paths], "names": list(lset.names),
             "midpoint_grids": pages, "midpoints_per_grid": page_size, "pairs": records})
     except OSError as e:
-        raise _write_failed(e, f"{len(records)} path(s) were written") from None
+        raise _write_failed(e, out, f"{len(records)} path(s) were written") from None
     click.echo(f"wrote {len(records)} path(s) and {len(pages)} midpoint grid(s) to {out}")
 
 
@@ -285,7 +285,7 @@ def metrics_command(model, latents_opt, latents_args, reference, segments, max_p
         write_json(out / "editability.json", summary)
     except OSError as e:
         click.echo(json.dumps(summary))
-        raise _write_failed(e, "the results are printed above") from None
+        raise _write_failed(e, out, "the results are printed above") from None
     click.echo(json.dumps({k: summary[k] for k in ("fid", "ppl", "num_pairs", "space")}))
 
 
@@ -361,6 +361,6 @@ def injectivity_command(model, targets, space, steps, points, seed, outdir, gif,
         write_json(out / "injectivity.json", {"model": str(model), **summary})
     except OSError as e:
         click.echo(json.dumps({"model": str(model), **summary}))
-        raise _write_failed(e, "the results are printed above") from None
+        raise _write_failed(e, out, "the results are printed above") from None
     click.echo(json.dumps({k: summary[k] for k in ("space", "endpoint_lpips", "path_lpips_max", "path_lpips_excess",
                                                    "path_length", "lpips_a_b")}))

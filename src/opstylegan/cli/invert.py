@@ -155,7 +155,8 @@ def command(model, images, spaces, outdir, steps, lr, beta1, beta2, loss, mse_we
     barrier = (lambda: dist_barrier(dinfo)) if dinfo.enabled else None
     n_mine = len(items[rank::world_size])
     total = -(-n_mine // batch) * len(spaces) * steps
-    bar = tqdm(total=total, desc="inverting", unit="step", disable=rank != 0, dynamic_ncols=True)
+    # delay: a run refused at once (folder locked or holding another run) draws no empty bar.
+    bar = tqdm(total=total, desc="inverting", unit="step", disable=rank != 0, dynamic_ncols=True, delay=2)
     last = [0.0]
 
     def progress(space, p):
@@ -185,7 +186,7 @@ def command(model, images, spaces, outdir, steps, lr, beta1, beta2, loss, mse_we
         raise click.ClickException(f"{e}; the results are printed above (latents and images of finished chunks "
                                    "are in place)") from None
     except OSError as e:
-        raise click.ClickException(f"{describe_os_error(e)}; finished chunks are kept, and repeating the command "
+        raise click.ClickException(f"{describe_os_error(e, e.filename or outdir)}; finished chunks are kept, and repeating the command "
                                    "resumes the run") from None
     finally:
         bar.close()

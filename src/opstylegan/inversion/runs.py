@@ -561,7 +561,7 @@ def write_summary(out: Path, partials: Sequence[dict[str, Any]], *, spaces: Sequ
     except OSError as e:
         from opstylegan.io.outdir import describe_os_error
 
-        raise SummaryWriteError(describe_os_error(e), summary) from e
+        raise SummaryWriteError(describe_os_error(e, e.filename or out), summary) from e
     return summary
 
 

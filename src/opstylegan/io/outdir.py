@@ -27,11 +27,14 @@ class OutputPathError(OSError):
 
 
 def describe_os_error(e: OSError, path: str | os.PathLike[str] | None = None) -> str:
-    """One sentence for a failed write: the path, the reason, and for a full disk the free space left."""
-    where = str(path if path is not None else (e.filename or "the output"))
+    """One sentence for a failed write: the path (``path``, else the error's file name), the reason, and for a
+    full disk the free space left there. Callers that know the output folder pass ``e.filename or folder``:
+    a failed ``write()`` carries no file name."""
+    name = path if path is not None else e.filename
+    where = str(name) if name is not None else "the output"
     code = e.errno
     if code == errno.ENOSPC or code == errno.EDQUOT:
-        free = _free_space(Path(where))
+        free = _free_space(Path(name)) if name is not None else None
         left = f" ({free / 2**20:.1f} MiB free)" if free is not None else ""
         return f"cannot write {where}: the disk is full{left}; free some space or write elsewhere"
     if code in (errno.EACCES, errno.EPERM):
