@@ -107,7 +107,7 @@ def test_shipped_encoder_lookup_and_refusals(setup, tmp_path):
     r = run("invert", "--model", model, "--init", "encoder", "--space", "w+", "--outdir", tmp_path / "d", *common)
     assert r.exit_code != 0 and "cannot start an inversion in 'w+'" in r.output
     r = run("invert", "--model", model, "--outdir", tmp_path / "e", *common)
-    assert r.exit_code != 0 and "0 only with init='encoder'" in r.output
+    assert r.exit_code != 0 and "the encoder's answer alone, needs init='encoder'" in r.output
     r = run("invert", "--model", model, "--encoder", model / "encoder", "--outdir", tmp_path / "f", "--images",
             root / "imgs", "--steps", 1, "--device", "cpu")
     assert r.exit_code != 0 and "only used with init='encoder'" in r.output

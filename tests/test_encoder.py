@@ -249,7 +249,7 @@ def test_invert_from_the_encoder(models, lpips):
     torch.testing.assert_close(wplus.latents, far[:, None].expand(2, G.num_ws, *far.shape[1:]))
     with pytest.raises(LatentError, match="cannot start an inversion in 'w\\+'"):
         invert(G, x, "w+", init="encoder", encoder=E, steps=1, lpips=lpips)
-    with pytest.raises(ValueError, match="0 only with init='encoder'"):
+    with pytest.raises(ValueError, match="steps must be an int >= 1, got 0"):
         invert(G, x, steps=0, lpips=lpips)
     with pytest.raises(ValueError, match="only used with init='encoder'"):
         invert(G, x, encoder=E, steps=1, lpips=lpips)

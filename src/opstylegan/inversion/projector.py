@@ -84,7 +84,8 @@ class InversionOptions:
 
         min_steps = 0 if self.init == "encoder" else 1  # 0 steps: the encoder's answer alone
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < min_steps:
-            raise bad("steps", f"an int >= {min_steps}" + ("" if min_steps == 0 else " (0 only with init='encoder')"))
+            raise ValueError(f"steps must be an int >= {min_steps}, got {self.steps!r}"
+                             + (" (0 steps, the encoder's answer alone, needs init='encoder')" if min_steps else ""))
         if not _finite(self.lr) or self.lr <= 0:
             raise bad("lr", "a finite number > 0")
         b = self.betas
