@@ -71,6 +71,8 @@ def test_prepare_outdir_refuses_a_read_only_folder(tmp_path):
 def test_describe_os_error_names_the_path_and_a_full_disk(tmp_path):
     msg = describe_os_error(OSError(errno.ENOSPC, "No space left on device"), tmp_path / "a.png")
     assert str(tmp_path / "a.png") in msg and "the disk is full" in msg and "MiB free" in msg
+    no_name = describe_os_error(OSError(errno.ENOSPC, "No space left on device"))  # a failed write() has none
+    assert no_name.startswith("cannot write the output: the disk is full;") and "MiB" not in no_name
     assert "permission denied" in describe_os_error(PermissionError(errno.EACCES, "denied", "x"))
     assert "read-only" in describe_os_error(OSError(errno.EROFS, "ro"), "y")
 

@@ -153,7 +153,8 @@ def fit_command(model, samples, components, rows_per_matrix, seed, truncation_ps
         from opstylegan.io.outdir import describe_os_error
 
         click.echo(json.dumps({**gs.info(), "components": gs.components.tolist(), "mean": gs.mean.tolist()}))
-        raise click.ClickException(f"{describe_os_error(e, e.filename or out)}; the fitted components are printed above") from None
+        why = describe_os_error(e, e.filename or out)
+        raise click.ClickException(f"{why}; the fitted components are printed above") from None
     ratio = gs.explained_variance_ratio
     click.echo(f"wrote {st_path} and {json_path.name}: top {gs.num_components} components explain "
                f"{float(ratio.sum()):.1%} of the variance (first: {float(ratio[0]):.1%})")
@@ -234,7 +235,8 @@ def apply_command(model, components_path, latent_paths, seeds, component, sigma,
                                        "truncation_psi": truncation_psi if seeds is not None else None,
                                        "items": records})
     except OSError as e:
-        raise click.ClickException(f"{describe_os_error(e, e.filename or out)}; {len(records)} strip(s) were written") from None
+        why = describe_os_error(e, e.filename or out)
+        raise click.ClickException(f"{why}; {len(records)} strip(s) were written") from None
     click.echo(f"wrote {len(records)} strip(s) of {len(sigmas)} images to {out}")
 
 
@@ -295,7 +297,8 @@ def grid_command(model, components_path, seeds, top, sigma, steps, layers, trunc
                                        "layers": [layer_range.start, layer_range.stop - 1] if layer_range else None,
                                        "files": files})
     except OSError as e:
-        raise click.ClickException(f"{describe_os_error(e, e.filename or out)}; {len(files)} grid(s) were written") from None
+        why = describe_os_error(e, e.filename or out)
+        raise click.ClickException(f"{why}; {len(files)} grid(s) were written") from None
     except ValueError as e:  # a component edit that renders non-finite images
         raise click.ClickException(str(e)) from None
     click.echo(f"wrote {len(files)} grid(s) ({top} components x {len(sigmas)} sigmas) to {out}")

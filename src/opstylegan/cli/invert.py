@@ -186,7 +186,8 @@ def command(model, images, spaces, outdir, steps, lr, beta1, beta2, loss, mse_we
         raise click.ClickException(f"{e}; the results are printed above (latents and images of finished chunks "
                                    "are in place)") from None
     except OSError as e:
-        raise click.ClickException(f"{describe_os_error(e, e.filename or outdir)}; finished chunks are kept, and repeating the command "
+        why = describe_os_error(e, e.filename or outdir)
+        raise click.ClickException(f"{why}; finished chunks are kept, and repeating the command "
                                    "resumes the run") from None
     finally:
         bar.close()

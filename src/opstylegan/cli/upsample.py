@@ -159,7 +159,8 @@ def command(model, images, factor, lowres, space, outdir, steps, lr, reg_strengt
                         captions.append(["", "", f"LPIPS {float(r.lpips[j]):.4f}"])
                 bar.set_postfix_str(f"median LPIPS {float(r.lpips.median()):.4f}")
     except OSError as e:
-        raise click.ClickException(f"{describe_os_error(e, e.filename or out)}; {len(records)} image(s) were finished") from None
+        why = describe_os_error(e, e.filename or out)
+        raise click.ClickException(f"{why}; {len(records)} image(s) were finished") from None
     lp = torch.tensor([rec["lpips_lowres"] for rec in records])
     median = float(torch.quantile(lp, 0.5))
     summary = {
@@ -174,6 +175,7 @@ def command(model, images, factor, lowres, space, outdir, steps, lr, reg_strengt
         write_json(out / "pulse.json", summary)
     except OSError as e:
         click.echo(json.dumps(summary, indent=1))
-        raise click.ClickException(f"{describe_os_error(e, e.filename or out)}; the results are printed above") from None
+        why = describe_os_error(e, e.filename or out)
+        raise click.ClickException(f"{why}; the results are printed above") from None
     click.echo(f"upsampled {len(records)} image(s) x{f}; median low-res LPIPS {median:.4f}; wrote {out}")
 

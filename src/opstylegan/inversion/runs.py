@@ -52,7 +52,6 @@ from opstylegan.data.images import (
     center_crop_resize,
     from_tensor,
     load_image,
-    save_grid,
     save_image,
 )
 from opstylegan.data.images import to_tensor as image_to_tensor
