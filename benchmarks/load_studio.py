@@ -41,20 +41,27 @@ class Conn:
         self.host, self.port = u.hostname, u.port or 80
         self.http = http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
         self.session = ""
+        self.reconnects = 0
         status, body = self.call("POST", "/api/session", b"{}")
         assert status == 200, status
         self.session = json.loads(body)["session"]
 
     def call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        """One request; a kept-alive connection that the server closed while idle (uvicorn closes them after
+        5 s) is reopened and the request sent again once, as browsers do. Other failures raise."""
         headers = {"X-Studio-Session": self.session, "Content-Type": "application/json"}
-        try:
-            self.http.request(method, path, body=body, headers=headers)
-            r = self.http.getresponse()
-            return r.status, r.read()
-        except (OSError, http.client.HTTPException):
-            self.http.close()  # reconnect once, then let the error count
-            self.http = http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
-            raise
+        for attempt in (0, 1):
+            try:
+                self.http.request(method, path, body=body, headers=headers)
+                r = self.http.getresponse()
+                return r.status, r.read()
+            except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+                self.http.close()
+                self.http = http.client.HTTPConnection(self.host, self.port, timeout=TIMEOUT)
+                if attempt:
+                    raise
+                self.reconnects += 1
+        raise AssertionError("unreachable")
 
 
 def editor(url: str, deadline: float, seed: int, out: dict) -> None:
@@ -80,6 +87,13 @@ def editor(url: str, deadline: float, seed: int, out: dict) -> None:
 
 
 def inverter(url: str, deadline: float, index: int, steps: int, out: dict) -> None:
+    try:
+        _inverter(url, deadline, index, steps, out)
+    except (OSError, http.client.HTTPException) as e:  # an unanswered request: counted, reported
+        out["errors"].append(repr(e))
+
+
+def _inverter(url: str, deadline: float, index: int, steps: int, out: dict) -> None:
     c = Conn(url)
     status, body = c.call("POST", f"/api/targets?example=fmnist-test-0000{index % 8}.png")
     if status != 200:
@@ -110,6 +124,9 @@ def inverter(url: str, deadline: float, index: int, steps: int, out: dict) -> No
                 elif ev["type"] == "running":
                     started = time.perf_counter()
                     out["wait_s"].append(started - t0)
+                elif ev["type"] == "progress":
+                    out["steps"].append(1)  # one live view = `every` steps; the total is counted below
+                    out["last_step"][job] = (ev["run"], ev["step"])
                 elif ev["type"] in ("done", "cancelled", "failed"):
                     final = ev["type"]
             if time.monotonic() > deadline and final is None:
@@ -128,8 +145,9 @@ def main() -> None:
     ap.add_argument("--duration", type=float, default=60.0, help="seconds of load")
     ap.add_argument("--steps", type=int, default=20, help="inversion steps per run (two runs per job)")
     a = ap.parse_args()
-    out: dict[str, list] = {k: [] for k in ("edit_ms", "bad", "errors", "positions", "wait_s", "done", "cancelled",
-                                            "failed", "closed_while_active")}
+    out: dict = {k: [] for k in ("edit_ms", "bad", "errors", "positions", "wait_s", "done", "cancelled", "failed",
+                                 "closed_while_active", "steps")}
+    out["last_step"] = {}
     server = StudioProcess()
     with server as url:
         rss_start = server.status("VmRSS")
@@ -162,6 +180,7 @@ def main() -> None:
         "inversions": {"done": len(out["done"]), "failed": len(out["failed"]), "cancelled": len(out["cancelled"]),
                        "closed_while_queued_or_running": len(out["closed_while_active"]),
                        "max_queue_position_seen": max(out["positions"], default=0),
+                       "optimisation_steps_done": sum(run * a.steps + step for run, step in out["last_step"].values()),
                        "queue_wait_s_median": round(statistics.median(out["wait_s"]), 1) if out["wait_s"] else None,
                        "run_time_s_median": round(statistics.median(out["done"]), 1) if out["done"] else None},
         "queue_position_of_a_new_job_after": queue_after, "threads_still_running": hung,

@@ -64,6 +64,12 @@ def shots_dir(tmp_path: Path) -> Path:
     return d
 
 
+def slide(page, selector: str, value: str) -> None:
+    """Set a range input and fire 'input', as dragging it does."""
+    page.eval_on_selector(selector, "(s, v) => { s.value = v; s.dispatchEvent(new Event('input', {bubbles: true})); }",
+                          value)
+
+
 def image_hash(page, selector: str) -> str:
     return page.get_attribute(selector, "data-hash") or ""
 
@@ -106,10 +112,10 @@ def test_studio_in_chromium(studio_url, page, tmp_path):
     page.wait_for_function("() => !!document.querySelector('#edit-img').dataset.hash")
     assert "W (main)" in page.eval_on_selector("#edit-source", "s => s.options[s.selectedIndex].text")
     before = image_hash(page, "#edit-img")
-    page.eval_on_selector("#pc-0", "s => { s.value = '4'; s.dispatchEvent(new Event('input', {bubbles: true})); }")
+    slide(page, "#pc-0", "4")
     after = wait_new_image(page, "#edit-img", before)
     assert after != before
-    page.eval_on_selector("#layer-hi", "s => { s.value = '2'; s.dispatchEvent(new Event('input', {bubbles: true})); }")
+    slide(page, "#layer-hi", "2")
     wait_new_image(page, "#edit-img", after)
     assert page.inner_text("#layer-label").startswith("style layers 0-2")
     page.screenshot(path=str(shots / "edit.png"), full_page=True)
@@ -120,7 +126,7 @@ def test_studio_in_chromium(studio_url, page, tmp_path):
     assert page.input_value("#interp-b") == "seed" and page.input_value("#interp-model") == "main"
     page.wait_for_function("() => !!document.querySelector('#strip-img').dataset.hash")
     frame = image_hash(page, "#interp-img")
-    page.eval_on_selector("#interp-t", "s => { s.value = '0.1'; s.dispatchEvent(new Event('input', {bubbles: true})); }")
+    slide(page, "#interp-t", "0.1")
     wait_new_image(page, "#interp-img", frame)
     with page.expect_download() as dl:
         page.click("#gif-btn")
@@ -132,7 +138,7 @@ def test_studio_in_chromium(studio_url, page, tmp_path):
     page.click("nav button[data-tab='sample']")
     page.wait_for_function("() => !!document.querySelector('#sample-img').dataset.hash")
     grid = image_hash(page, "#sample-img")
-    page.eval_on_selector("#sample-trunc", "s => { s.value = '1'; s.dispatchEvent(new Event('input', {bubbles: true})); }")
+    slide(page, "#sample-trunc", "1")
     wait_new_image(page, "#sample-img", grid)
     page.screenshot(path=str(shots / "sample.png"), full_page=True)
 

@@ -128,7 +128,7 @@ def find_encoder(model_dir: Path, G: Generator, fingerprint: str, device: torch.
         return None
     try:
         E = load_encoder(path, G, device=device)
-    except ValueError as e:
+    except Exception as e:  # noqa: BLE001 - a broken or foreign encoder must not stop the studio: say so, go on
         log.warning("not using the encoder in %s: %s", path, e)
         return None
     return E.eval()

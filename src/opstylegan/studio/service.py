@@ -318,7 +318,8 @@ class Studio:
 
     # -- sources: an inverted latent, or a seed ------------------------------------------------------------------
     def source(self, s: Session, src: Any) -> tuple[StudioModel, torch.Tensor, str]:
-        """``{"latent": id}`` or ``{"model": key, "seed": n, "truncation": psi}`` -> (model, latent [1, *shape], space)."""
+        """``{"latent": id}`` or ``{"model": key, "seed": n, "truncation": psi}``
+        -> ``(model, latent [1, *shape], space)``."""
         if not isinstance(src, dict):
             raise StudioError(f"a source must be {{'latent': id}} or {{'model', 'seed', 'truncation'}}, got {src!r}")
         if "latent" in src:
