@@ -417,6 +417,7 @@ def worker(job: dict[str, Any]) -> int:
         ctx = P.Context(device, sizes, soft, scratch, Path(job["out"]), fmnist, log)
         emit("start", part=part, t=start)
         log(f"== {part}")
+        cpu0 = _cpu_seconds()
         try:
             result = parts[part](ctx)
         except Exception as e:  # noqa: BLE001 - recorded; the next part still runs
@@ -425,6 +426,7 @@ def worker(job: dict[str, Any]) -> int:
             result = {"status": "failed", "summary": f"{type(e).__name__}: {e}"[:300], "rows": [], "notes": [],
                       "traceback": tb}
         result["seconds"] = round(time.time() - start, 2)
+        result["cpu_s"] = round(_cpu_seconds() - cpu0, 2)  # this process and the children it waited for
         shutil.rmtree(scratch, ignore_errors=True)
         P.free_memory(device)
         emit("done", part=part, result=result)
@@ -432,6 +434,11 @@ def worker(job: dict[str, Any]) -> int:
             log("a CUDA error left this process unusable; the next parts run in a fresh worker")
             return 3
     return 0
+
+
+def _cpu_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -264,7 +264,8 @@ def part_fmnist(ctx: Context) -> dict[str, Any]:
     fid = state.get("fid", {})
     summary = f"{kimg:g} kimg each" + (", FID " + " / ".join(f"{fid[o]:.2f}" for o in (False, True))
                                        + " (baseline / overparam)" if len(fid) == 2 else ", FID not measured here")
-    return rec.result(summary=summary)
+    # Every chunk's stats (kimg, sec/kimg, mean losses, ADA p) per model, to compare with the CPU-trained runs.
+    return rec.result(summary=summary, history=state.get("history", {}))
 
 
 def _fm_dataset(ctx: Context, state: dict[str, Any]) -> dict[str, Any]:
@@ -278,11 +279,10 @@ def _fm_dataset(ctx: Context, state: dict[str, Any]) -> dict[str, Any]:
 
 
 def _fm_train(ctx: Context, rec: Recorder, state: dict[str, Any]) -> dict[str, Any]:
+    from opstylegan.metrics.weights import WeightsError, inception_path
     from opstylegan.training.config import TrainConfig
     from opstylegan.training.distributed import DistInfo
     from opstylegan.training.loop import Trainer
-
-    from opstylegan.metrics.weights import WeightsError, inception_path
 
     s = ctx.sizes
     ds = state["dataset"]
