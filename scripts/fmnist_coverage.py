@@ -195,6 +195,30 @@ def _cmd_histogram(args: argparse.Namespace) -> None:
     print(text)
 
 
+def _cmd_grid(args: argparse.Namespace) -> None:
+    """8x8 sample grids (seeds 0-63) of several models side by side, labelled, with their class histogram."""
+    from opstylegan.cli.common import load_generator
+    from opstylegan.data import from_tensor, save_image
+    from opstylegan.io.images_out import labelled_grid
+
+    clf, _ = load_classifier(args.classifier)
+    labels = args.label or args.model
+    if len(labels) != len(args.model):
+        raise SystemExit(f"{len(labels)} --label for {len(args.model)} --model")
+    cells, captions = [], []
+    for m in args.model:
+        G = load_generator(m, torch.device("cpu")).eval()
+        with torch.no_grad():
+            img = G(G.z_from_seeds(list(range(64)))).clamp(-1, 1)  # [64, C, H, W]
+        c, h, w = img.shape[1:]
+        tile = img.view(8, 8, c, h, w).permute(2, 0, 3, 1, 4).reshape(c, 8 * h, 8 * w)  # 8 x 8 tiles
+        cells.append(from_tensor(tile[None])[0])
+        hist = histogram(classify_generator(clf, G, args.num))
+        captions.append(f"KL {hist['kl_to_uniform']:.2f}, rarest {hist['rarest']['fraction']:.1%}")
+    save_image(args.out, labelled_grid([cells], col_labels=labels, captions=[captions]))
+    print(f"wrote {args.out}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -212,11 +236,17 @@ def main(argv: list[str] | None = None) -> None:
     h.add_argument("--trunc", type=float, default=1.0)
     h.add_argument("--reference", help="built data set (with labels) whose predicted histogram is also shown")
     h.add_argument("--out")
+    g = sub.add_parser("grid", help="8x8 sample grids of models side by side, captioned with their coverage")
+    g.add_argument("--classifier", required=True)
+    g.add_argument("--model", action="append", required=True)
+    g.add_argument("--label", action="append", help="column label per --model (default: the model)")
+    g.add_argument("--num", type=int, default=2000, help="samples for the caption's histogram")
+    g.add_argument("--out", required=True, help="PNG to write")
     args = p.parse_args(argv)
     if getattr(args, "epochs", 1) < 1 or getattr(args, "num", 1) < 1:
         p.error("--epochs and --num must be >= 1")
     torch.set_num_threads(1)
-    {"train": _cmd_train, "histogram": _cmd_histogram}[args.cmd](args)
+    {"train": _cmd_train, "histogram": _cmd_histogram, "grid": _cmd_grid}[args.cmd](args)
 
 
 if __name__ == "__main__":

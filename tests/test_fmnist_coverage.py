@@ -73,3 +73,9 @@ def test_generated_samples_by_seed_and_cli(cov, tmp_path, capsys):
     assert res["models"][str(tmp_path / "m")]["counts"] == torch.bincount(a, minlength=10).tolist()
     with pytest.raises(SystemExit):
         cov.main(["histogram", "--classifier", str(tmp_path / "nothing"), "--model", str(tmp_path / "m")])
+    cov.main(["grid", "--classifier", str(tmp_path / "clf"), "--model", str(tmp_path / "m"), "--model",
+              str(tmp_path / "m"), "--label", "a", "--label", "b", "--num", "8", "--out", str(tmp_path / "g.png")])
+    from PIL import Image
+
+    w, h = Image.open(tmp_path / "g.png").size
+    assert w >= 2 * 8 * 32 and h > 8 * 32  # two labelled 8x8 grids of 32 px samples
