@@ -150,8 +150,8 @@ def test_studio_in_chromium(studio_url, page, tmp_path):
     assert "cannot use broken.png" in page.inner_text("#message")
     page.screenshot(path=str(shots / "bad-upload.png"))
     page.click("#examples img[data-name='fmnist-test-00001.png']")
-    page.wait_for_selector("#message", state="hidden")
-    assert page.inner_text("#target-name") == "fmnist-test-00001.png"
+    page.wait_for_function("() => document.querySelector('#target-name').textContent === 'fmnist-test-00001.png'")
+    assert page.is_hidden("#message")
 
     origin = urlsplit(studio_url).netloc
     foreign = [u for u in requests if urlsplit(u).scheme in ("http", "https") and urlsplit(u).netloc != origin]
