@@ -263,7 +263,7 @@ def server(tmp_path_factory):
     from opstylegan.studio.app import ServerThread
 
     studio = make_studio(tmp_path_factory.mktemp("cache"), max_upload_bytes=300_000, max_steps=50,
-                         unwatched_grace=5.0)
+                         unwatched_grace=60.0)
     studio.preload()
     with ServerThread(studio) as url:
         yield url, studio
