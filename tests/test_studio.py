@@ -453,3 +453,17 @@ def test_studio_command_refuses_contradictions():
     assert r.exit_code == 2 and "contradict" in r.output
     r = CliRunner().invoke(cli, ["studio", "--model", "no/such/model"])
     assert r.exit_code == 2 and "neither a model folder nor a shipped model" in r.output
+
+
+def test_a_job_that_no_page_follows_is_cancelled(server):
+    url, studio = server
+    c = Client(url)
+    target = c.post_json("/api/targets?example=fmnist-test-00003.png")
+    studio.unwatched_grace = 0.0  # no event stream will be opened for this job
+    try:
+        c.post_json("/api/invert", {"target": target["id"], "runs": [{"model": "main", "space": "W"}], "steps": 50})
+        job = studio.session(c.session).job
+        assert job.wait(120) and job.state == "cancelled"
+        assert job.cancel_reason is None and "no page followed this job" in job.events_since(0)[-1]["message"]
+    finally:
+        studio.unwatched_grace = 60.0
