@@ -12,6 +12,11 @@ Every configuration is its own projector run (the pull of the first half depends
 Speed: the median over ``--reps`` timed calls of ``encode`` after 2 warm-up calls, at batch 1 and batch 32 (the
 images repeated to 32), in ms per image and images/s, with the thread count and the machine's load average.
 Figures are written to ``--out`` (JSON) after every configuration, so a stopped run keeps what it measured.
+
+``--paper-size`` times an untrained encoder of the paper's configuration instead (256 px RGB, W with R = 512,
+C = 512; speed depends on the architecture only) at batch 1 and 8:
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_encoder.py --paper-size --reps 5 --out out/bench_encoder_256.json
 """
 
 from __future__ import annotations
@@ -57,10 +62,23 @@ def main() -> None:
                    help="steps of the pull ablation (0: skip it)")
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--skip-quality", action="store_true", help="speed only")
+    p.add_argument("--paper-size", action="store_true", help="speed of a 256 px, R = 512 encoder only")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
 
-    from opstylegan.encoder import load_encoder, model_encoder_path
+    from opstylegan.encoder import Encoder, EncoderConfig, load_encoder, model_encoder_path
+
+    if args.paper_size:
+        E = Encoder(EncoderConfig()).eval()
+        res: dict[str, Any] = {"config": E.cfg.to_dict(), "parameters": sum(p.numel() for p in E.parameters()),
+                               "threads": torch.get_num_threads()}
+        for b in (1, 8):
+            sec = timed_encode(E, torch.rand(b, 3, 256, 256) * 2 - 1, args.reps)
+            res[f"batch{b}"] = {"ms_per_image": 1000 * sec / b, "images_per_s": b / sec}
+        res["load_average"] = os.getloadavg()
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=2) + "\n")
+        return
     from opstylegan.inversion import invert
     from opstylegan.inversion.runs import collect_images, load_target
     from opstylegan.metrics.lpips import LPIPS
