@@ -201,6 +201,7 @@ class Run:
         offset, current, started, hard = 0, None, 0.0, 0.0
         progressed = False
         while True:
+            rc = proc.poll()  # before reading: every event written before an exit is read in this pass
             lines, offset = _read_new(events, offset)
             for ev in lines:
                 if ev["event"] == "env":
@@ -217,11 +218,7 @@ class Run:
                     pending.remove(ev["part"])
                     self.record(ev["part"], ev["result"])
                     current = None
-            rc = proc.poll()
             if rc is not None:
-                lines, offset = _read_new(events, offset)
-                if lines:
-                    continue  # handle the last events first
                 if current is not None:
                     pending.remove(current)
                     self.record(current, {"status": "failed", "rows": [], "notes": [], "seconds": time.time() - started,
