@@ -23,8 +23,8 @@ on. After every part `gpu_check.json` (all figures, tracebacks) and `gpu_check.m
 the output folder, so whatever finished is there even if the whole command is stopped. The output folder
 gets at most 6 files: those two, `gpu_check.log`, the two model .tar files and a PNG.
 
-`--dry-run` runs the same parts on the CPU at toy sizes (tiny preset, 32 px, a few steps) in under two
-minutes. The exit status is 0 when no part failed or timed out, 1 otherwise, 2 for a usage error.
+`--dry-run` runs the same parts on the CPU at toy sizes (tiny preset, 16 px, a few steps; about a minute of
+CPU time). The exit status is 0 when no part failed or timed out, 1 otherwise, 2 for a usage error.
 """
 
 from __future__ import annotations
@@ -60,6 +60,14 @@ MIN_START_REST = {"gpu": 60.0, "dry": 10.0}  # the same, for a part that runs un
 SOFT = 0.75
 FORMAT = "opstylegan-gpu-check"
 JSON_NAME, MD_NAME, LOG_NAME = "gpu_check.json", "gpu_check.md", "gpu_check.log"
+
+
+def deadlines(mode: str, box: float | None, start: float, end: float) -> tuple[float, float]:
+    """(soft deadline, hard kill time) of a part with time box `box` (None: until the budget's `end`) that
+    started at `start`: a repeating part stops repeating at the first; the worker is killed at the second."""
+    if box is None:
+        return end - GRACE[mode] / 2, end + GRACE[mode]
+    return min(start + SOFT * box, end), min(start + box + min(GRACE[mode], box / 2), end + GRACE[mode])
 
 
 class UsageError(Exception):
@@ -180,14 +188,6 @@ class Run:
         bad = [p for p, r in self.results.items() if r["status"] in ("failed", "timeout")]
         return 1 if bad else 0
 
-    def _box(self, part: str, start: float) -> tuple[float, float]:
-        """(soft deadline, hard kill time) of a part that started at `start`."""
-        box = self.plan["boxes"][part]
-        hard_end = self.end + GRACE[self.mode]
-        if box is None:
-            return self.end - GRACE[self.mode] / 2, hard_end
-        return min(start + SOFT * box, self.end), min(start + box + min(GRACE[self.mode], box / 2), hard_end)
-
     def _worker(self, pending: list[str]) -> bool:
         """Runs one worker over `pending` (removing the parts it settles). False if it could not start."""
         events = self.scratch / f"events-{len(self.results)}-{time.time():.0f}.jsonl"
@@ -211,7 +211,7 @@ class Run:
                     raise UsageError(ev["message"])
                 elif ev["event"] == "start":
                     current, started = ev["part"], ev["t"]
-                    hard = self._box(current, started)[1]
+                    hard = deadlines(self.mode, self.plan["boxes"][current], started, self.end)[1]
                     self.say(f"{current}: started")
                 elif ev["event"] == "done":
                     progressed = True
@@ -408,7 +408,7 @@ def worker(job: dict[str, Any]) -> int:
             emit("done", part=part, result={"status": "skipped", "summary": "the budget was spent", "rows": [],
                                             "notes": [], "seconds": 0.0})
             continue
-        soft = job["end"] - GRACE[mode] / 2 if box is None else min(start + SOFT * box, job["end"])
+        soft = deadlines(mode, box, start, job["end"])[0]
         scratch = Path(job["scratch"]) / part
         scratch.mkdir(parents=True, exist_ok=True)
         ctx = P.Context(device, sizes, soft, scratch, Path(job["out"]), fmnist, log)
