@@ -410,8 +410,8 @@ def pulse_grid(targets: Path, pulse_dir: Path, factors: Sequence[int], png: Path
     for src in sorted(p for p in targets.iterdir() if p.suffix.lower() == ".png"):
         row = [_load_gray(src)]
         for f in factors:
-            row.append(_load_gray(pulse_dir / f"baseline-x{f}" / f"{src.stem}_lowres.png"))
-            row += [_load_gray(pulse_dir / f"{name}-x{f}" / f"{src.stem}.png") for name in MODEL_SPACES]
+            row.append(_load_gray(pulse_dir / f"baseline-x{f}" / "lowres" / f"{src.stem}.png"))
+            row += [_load_gray(pulse_dir / f"{name}-x{f}" / "results" / f"{src.stem}.png") for name in MODEL_SPACES]
         rows.append(row)
     save_image(png, _tile(rows))
 
