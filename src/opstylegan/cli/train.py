@@ -207,7 +207,8 @@ class _ConsoleUI:
             self.log(f"run folder: {self.run_dir}")
         elif event == "start":
             c = data["config"]
-            self.log(f"training {'overparam' if c['overparam'] else 'baseline'} {c['preset']} "
+            net = "pretrained" if c.get("init_from") else c["preset"]
+            self.log(f"training {'overparam' if c['overparam'] else 'baseline'} {net} "
                      f"{c['generator']['img_channels']}x{c['generator']['img_resolution']}px, batch {c['batch']}, "
                      f"gamma {c['gamma']:g}, lr {c['lr']:g}, from kimg {data['cur_nimg'] / 1000:.3f} to {c['kimg']:g}")
             if c.get("init_from"):
