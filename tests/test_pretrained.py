@@ -30,3 +30,16 @@ def test_names_resolve_and_default_is_overparam():
     assert str(resolve_model("some/folder")) == "some/folder"
     with pytest.raises(ValueError, match="unknown shipped model"):
         shipped_model_path("ffhq1024")
+
+
+def test_shipped_configs_name_no_path_of_the_training_machine():
+    """The training data is recorded by name and images sha256, never by an absolute path."""
+    import json
+    from pathlib import Path
+
+    import opstylegan.pretrained as P
+
+    for cfg in Path(P.__file__).parent.glob("*/config.json"):
+        meta = json.loads(cfg.read_text())["metadata"]
+        assert not Path(meta["training_config"]["data"]).is_absolute(), cfg
+        assert len(meta["training_data"]["images_sha256"]) == 64, cfg
