@@ -414,6 +414,9 @@ def worker(job: dict[str, Any]) -> int:
         ctx = P.Context(device, sizes, soft, scratch, Path(job["out"]), fmnist, log)
         emit("start", part=part, t=start)
         log(f"== {part}")
+        if os.environ.get("OPSTYLEGAN_GPU_CHECK_STALL") == part:
+            # Test hook: this part hangs until its time box kills it, whatever the machine's speed.
+            time.sleep(24 * 3600)
         cpu0 = _cpu_seconds()
         try:
             result = parts[part](ctx)

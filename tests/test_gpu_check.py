@@ -24,9 +24,13 @@ PARTS = ["fp16", "autocast", "ppl", "projector", "torchrun", "nccl", "resume", "
          "inversion", "fmnist"]
 
 
-def run(*args: str, out: Path | None = None, timeout: float = 1800) -> subprocess.CompletedProcess:
+def run(*args: str, out: Path | None = None, timeout: float = 1800, stall: str | None = None
+        ) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env.pop("OUT", None)
+    env.pop("OPSTYLEGAN_GPU_CHECK_STALL", None)
+    if stall:
+        env["OPSTYLEGAN_GPU_CHECK_STALL"] = stall  # that part hangs until its time box kills it
     cmd = [sys.executable, str(SCRIPT), *args] + (["--out", str(out)] if out else [])
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
 
@@ -107,7 +111,7 @@ def test_time_box_and_failure_are_recorded_and_the_next_parts_run(tmp_path):
     (corrupt / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b" + b"not gzip data")
     out = tmp_path / "out"
     r = run("--dry-run", "--only", "fp16,fmnist,autocast", "--box", "fp16=0.5", "--fmnist", str(corrupt),
-            "--box-scale", "20", out=out, timeout=900)
+            "--box-scale", "20", out=out, timeout=900, stall="fp16")
     assert r.returncode == 1, r.stdout[-3000:] + r.stderr[-3000:]
     doc = json.loads((out / "gpu_check.json").read_text())
     parts = doc["parts"]
