@@ -32,21 +32,7 @@ import time
 
 import torch
 import torch.multiprocessing as mp
-
-
-class RandomImages(torch.utils.data.Dataset):
-    """Stands in for a dataset: uint8 noise images of the benchmarked size (only the shape matters)."""
-
-    def __init__(self, n: int, channels: int, res: int) -> None:
-        self.resolution, self.num_channels = res, channels
-        self.images = torch.randint(0, 256, (n, channels, res, res), dtype=torch.uint8,
-                                    generator=torch.Generator().manual_seed(0))
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.images[i]
+from benchutil import RandomImages
 
 
 def _finish_phase_nosync(self, term, loss, module, opt) -> None:  # type: ignore[no-untyped-def]

@@ -22,28 +22,13 @@ import sys
 import time
 
 import torch
-from benchutil import peak_rss_gib
+from benchutil import RandomImages, peak_rss_gib
 
 from opstylegan.training.config import TrainConfig
 from opstylegan.training.distributed import DistInfo
 from opstylegan.training.loop import Trainer
 
 VARIANTS = ("baseline", "overparam")
-
-
-class RandomImages(torch.utils.data.Dataset):
-    """Stands in for a dataset: uint8 noise images of the benchmarked size (only the shape matters)."""
-
-    def __init__(self, n: int, channels: int, res: int) -> None:
-        self.resolution, self.num_channels = res, channels
-        self.images = torch.randint(0, 256, (n, channels, res, res), dtype=torch.uint8,
-                                    generator=torch.Generator().manual_seed(0))
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.images[i]
 
 
 def make(args: argparse.Namespace, variant: str) -> tuple[Trainer, torch.Tensor]:
