@@ -76,6 +76,10 @@ def channels_at(res: int, channel_base: int, channel_max: int) -> int:
     return min(channel_base // res, channel_max)
 
 
+#: The paper's row sampling Z_i = (z^(i) + z) / sqrt(2): each row's own share of variance.
+PAPER_ROW_SPREAD = 0.5
+
+
 @dataclass(frozen=True)
 class GeneratorConfig(_Config):
     """StyleGAN2 generator as modernised by the paper: skip synthesis, no noise inputs, 2 mapping layers.
@@ -88,6 +92,10 @@ class GeneratorConfig(_Config):
         convolution, before bias and activation (buffers `noise_const` [res, res], `noise_strength` []). Off in
         this project's own models; on in networks converted from NVIDIA pickles, where it reproduces their
         `noise_mode='const'`. Random per-sample noise is not supported.
+    row_spread: overparam only, the rows' own share of variance a in Z_i = sqrt(1 - a) z + sqrt(a) z^(i) (every
+        row a unit Gaussian, any two rows correlated 1 - a). 0.5 is the paper's sampling and the default; other
+        values are for ablations (a -> 0: all rows equal, the baseline's latent). Written to config.json only
+        when not 0.5, so the configs (and fingerprints) of models made before it existed are unchanged.
     """
 
     img_resolution: int = 256
@@ -104,13 +112,16 @@ class GeneratorConfig(_Config):
     overparam: bool = False
     num_rows: int | None = None
     const_noise: bool = False
+    row_spread: float = PAPER_ROW_SPREAD
 
     def to_dict(self) -> dict[str, Any]:
-        # const_noise is written only when on, so that the configs (and fingerprints) of models without
-        # noise inputs are the same as before the option existed.
+        # const_noise and row_spread are written only when not at their defaults, so that the configs (and
+        # fingerprints) of models without them are the same as before the options existed.
         d = super().to_dict()
         if not d["const_noise"]:
             del d["const_noise"]
+        if d["row_spread"] == PAPER_ROW_SPREAD:
+            del d["row_spread"]
         return d
 
     def __post_init__(self) -> None:
@@ -127,6 +138,12 @@ class GeneratorConfig(_Config):
         for k in ("overparam", "const_noise"):
             if not isinstance(getattr(self, k), bool):
                 raise ConfigError(f"GeneratorConfig: {k} must be true or false, got {getattr(self, k)!r}")
+        a = self.row_spread
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a <= 1:
+            raise ConfigError(f"GeneratorConfig: row_spread must be a number in (0, 1] (the rows' own share of "
+                              f"variance; 0.5 is the paper's), got {a!r}")
+        if a != PAPER_ROW_SPREAD and not self.overparam:
+            raise ConfigError("GeneratorConfig: row_spread is only meaningful with overparam=true")
         if self.num_rows is not None:
             if not self.overparam:
                 raise ConfigError("GeneratorConfig: num_rows is only meaningful with overparam=true")

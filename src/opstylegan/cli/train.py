@@ -26,8 +26,8 @@ Examples:
 
 # Options that define a run; with --resume they come from the run's config.json instead.
 _RUN_OPTIONS = ("data", "outdir", "overparam", "preset", "batch", "gamma", "snap", "tick", "seed", "aug", "mirror",
-                "fp32", "workers", "lr", "fid_num", "pl_rows", "pl_weight", "style_mixing", "init_from", "init_d",
-                "upcycle_kimg", "d_warmup_kimg")
+                "fp32", "workers", "lr", "fid_num", "pl_rows", "pl_weight", "row_spread", "style_mixing", "init_from",
+                "init_d", "upcycle_kimg", "d_warmup_kimg")
 
 
 @click.command(name="train", epilog=EPILOG, context_settings={"show_default": True})
@@ -64,6 +64,9 @@ _RUN_OPTIONS = ("data", "outdir", "overparam", "preset", "batch", "gamma", "snap
 @click.option("--pl-rows", type=click.Choice(["sum", "mean"]), default="sum",
               help="Path length of a latent matrix: 'sum' = each layer's R x C matrix is its latent (the baseline's "
                    "formula); 'mean' = rows averaged like extra layers (pre-0.2 runs; ~sqrt(R) smaller, for ablations).")
+@click.option("--row-spread", type=click.FloatRange(0, 1, min_open=True), default=0.5,
+              help="Overparam only: each latent row's own share of variance (rows correlated 1 - this); 0.5 is the "
+                   "paper's. For ablations.")
 @click.option("--style-mixing", type=click.FloatRange(0, 1), default=0.9, help="Style-mixing probability.")
 @click.option("--init-from", type=ModelRef(), default=None,
               help="Start from pretrained weights: a generator folder (e.g. from `opstylegan convert`), a shipped "
@@ -85,8 +88,8 @@ _RUN_OPTIONS = ("data", "outdir", "overparam", "preset", "batch", "gamma", "snap
 def command(ctx: click.Context, data: Path | None, outdir: Path, overparam: bool, preset: str, kimg: float | None,
             batch: int | None, gamma: float | None, lr: float | None, snap: int, tick: float, seed: int, aug: str,
             mirror: bool, fp32: bool, workers: int | None, fid_num: int, pl_weight: float, pl_rows: str,
-            style_mixing: float, init_from: str | None, init_d: str | None, upcycle_kimg: float | None,
-            d_warmup_kimg: float, resume: Path | None, device: str) -> None:
+            row_spread: float, style_mixing: float, init_from: str | None, init_d: str | None,
+            upcycle_kimg: float | None, d_warmup_kimg: float, resume: Path | None, device: str) -> None:
     """Train a StyleGAN2 (baseline) or the overparameterized StyleGAN2 on a dataset.
 
     Writes into one run folder: config.json (resolved), log.txt, stats.jsonl (one line per tick), reals.png,
@@ -123,7 +126,7 @@ def command(ctx: click.Context, data: Path | None, outdir: Path, overparam: bool
                               gamma=gamma, lr=lr, snap=snap, tick_kimg=tick, seed=seed, aug=aug, mirror=mirror,
                               fp32=fp32, workers=workers if workers is not None else
                               (3 if info.device.type == "cuda" else 0), fid_num=fid_num,
-                              pl_weight=pl_weight, pl_rows=pl_rows, style_mixing_prob=style_mixing,
+                              pl_weight=pl_weight, pl_rows=pl_rows, row_spread=row_spread, style_mixing_prob=style_mixing,
                               init_from=init_from, init_d=init_d, upcycle_kimg=upcycle_kimg,
                               d_warmup_kimg=d_warmup_kimg)
             _check_outdir(outdir)

@@ -93,16 +93,27 @@ class Generator(PretrainedMixin, nn.Module):
         if generator is None and seed is not None:
             generator = torch.Generator().manual_seed(int(seed))
         rows = self.rows if self.overparam else None
-        z = normal_rows([n, self.cfg.z_dim], rows=rows, generator=generator)
+        z = normal_rows([n, self.cfg.z_dim], rows=rows, generator=generator, spread=self.row_spread())
         return z.to(device if device is not None else self.w_avg.device)
 
     def z_from_seeds(self, seeds: Sequence[int], *, spread: float | None = None) -> torch.Tensor:
         """One latent per seed from its own RNG: seed s gives the same image whatever the batch size.
 
-        spread: overparam only, the rows' own share of variance (`latent.normal_rows`); None = the paper's 0.5.
+        spread: overparam only, the rows' own share of variance (`latent.normal_rows`); None = the model's own
+        (`row_spread`).
         """
         rows = self.rows if self.overparam else None
-        return z_from_seeds(seeds, self.cfg.z_dim, rows=rows, device=self.w_avg.device, spread=spread)
+        return z_from_seeds(seeds, self.cfg.z_dim, rows=rows, device=self.w_avg.device,
+                            spread=self.row_spread() if spread is None else spread)
+
+    def row_spread(self) -> float | None:
+        """The spread this model's latents are drawn with, for `latent.normal_rows`: None for the paper's 0.5
+        (the exact (z^(i) + z) / sqrt(2) of models made before `GeneratorConfig.row_spread` existed), else the
+        config's value."""
+        from opstylegan.config import PAPER_ROW_SPREAD
+
+        a = self.cfg.row_spread
+        return None if a == PAPER_ROW_SPREAD else float(a)
 
     # -- forward ------------------------------------------------------------------------------------------
     def mapping(self, z: torch.Tensor, *, truncation_psi: float = 1.0, update_emas: bool = False) -> torch.Tensor:

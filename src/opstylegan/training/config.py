@@ -41,6 +41,8 @@ class TrainConfig(_Config):
     pl_rows: how the path-length regularizer reduces the squared gradient over the rows of a latent matrix
     ("sum", the default, or "mean", the formula of runs made before it existed; see
     `training.loss.path_lengths`). No effect on baselines (one row).
+    row_spread: overparam only, each latent row's own share of variance (`GeneratorConfig.row_spread`; 0.5,
+    the paper's, is the default); other values are an ablation of the rows' correlation (1 - row_spread).
 
     kimg: total length in thousands of real images shown to D. tick_kimg: one stats line (and progress
     report) per this many kimg. snap: network + training-state snapshot (and fakes grid) every this many
@@ -75,6 +77,7 @@ class TrainConfig(_Config):
     pl_batch_shrink: int = 2
     pl_decay: float = 0.01
     pl_rows: str = "sum"
+    row_spread: float = 0.5
     style_mixing_prob: float = 0.9
     ema_kimg: float | None = None
     ema_rampup: float | None = 0.05
@@ -108,6 +111,15 @@ class TrainConfig(_Config):
             raise ConfigError(f"TrainConfig: pl_rows must be one of {list(PL_ROWS)} ('sum': each layer's R x C "
                               f"matrix is its latent; 'mean': the pre-0.2 formula, ~sqrt(R) too small), "
                               f"got {self.pl_rows!r}")
+        a = self.row_spread
+        if isinstance(a, bool) or not isinstance(a, (int, float)) or not 0 < a <= 1:
+            raise ConfigError(f"TrainConfig: row_spread must be a number in (0, 1] (0.5 is the paper's), got {a!r}")
+        if a != 0.5 and not self.overparam:
+            raise ConfigError("TrainConfig: row_spread is only meaningful for the overparameterized model "
+                              "(a baseline has one latent row)")
+        if a != 0.5 and self.init_from is not None:
+            raise ConfigError("TrainConfig: row_spread cannot be combined with init_from (the rows of an "
+                              "upcycled or continued model follow that model's sampling)")
         if self.aug not in AUG_MODES:
             raise ConfigError(f"TrainConfig: aug must be one of {list(AUG_MODES)}, got {self.aug!r}")
         for k in ("overparam", "mirror", "fp32"):
@@ -190,6 +202,8 @@ class TrainConfig(_Config):
             g = p.generator.replace(num_fp16_res=0) if self.fp32 else p.generator
             d = p.discriminator.replace(num_fp16_res=0) if self.fp32 else p.discriminator
             d = d.replace(mbstd_group_size=min(batch_gpu, 4))
+            if self.row_spread != 0.5:
+                g = g.replace(row_spread=self.row_spread)
             gen, disc = g.to_dict(), d.to_dict()
         else:
             gen = GeneratorConfig.from_dict(self.generator).to_dict()

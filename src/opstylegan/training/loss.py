@@ -99,8 +99,11 @@ def sample_ws(G: torch.nn.Module, n: int, *, mixing_prob: float, update_emas: bo
     """Training latents: z (or the correlated Z) -> mapping -> ws [n, L, r, C], with style mixing.
 
     Only the first latent updates w_avg (`update_emas`); the mixing latent never does. `spread`: the rows' own
-    share of variance (`latent.normal_rows`; None = the paper's sampling), ramped when upcycling a baseline.
+    share of variance (`latent.normal_rows`; None = the generator's own, `Generator.row_spread`), ramped when
+    upcycling a baseline.
     """
+    if spread is None and G.overparam:
+        spread = G.row_spread()
     device = device if device is not None else G.w_avg.device
     rows = G.rows if G.overparam else None
     space = G.native_space
