@@ -75,8 +75,9 @@ class ReproError(RuntimeError):
 class Options:
     """Everything the reproduction depends on (the command-line options).
 
-    Counts: ``num_fid`` generated and real images for each FID (also the number of TEST images used as the
-    reference of the interpolation FID), ``num_ppl`` PPL pairs, ``num_invert`` TEST images inverted (the first
+    Counts: ``num_fid`` generated images for each FID and precision/recall, against ``num_real`` training
+    images (None: ``num_fid``; statistics cached), ``num_reference`` TEST images as the reference of the
+    interpolation FID (None: ``num_fid``), ``num_ppl`` PPL pairs, ``num_invert`` TEST images inverted (the first
     ones), ``steps`` optimisation steps of every inversion / PULSE run, ``max_pairs`` interpolation pairs
     measured (None: all pairs), ``pulse_images`` the first test images given to PULSE.
     """
@@ -89,6 +90,8 @@ class Options:
     runs_overparam: Path
     outdir: Path
     num_fid: int = 2048
+    num_real: int | None = None
+    num_reference: int | None = None
     num_ppl: int = 1000
     num_invert: int = 100
     steps: int = 1000
@@ -260,11 +263,12 @@ def _dev(opts: Options) -> list[str]:
 
 
 def run_table1(opts: Options, steps: StepRunner) -> None:
-    """FID against the TRAIN set (num_fid generated vs the first num_fid real) and PPL (W, end) per model."""
+    """FID and precision/recall (k = 3) against the TRAIN set (num_fid generated vs the first num_real real) and
+    PPL (W, end) per model."""
     for name, model in opts.models().items():
         out = opts.outdir / "table1" / f"{name}.json"
-        steps.run(f"table1-{name}", ["metrics", "--model", model, "--data", opts.train_data, "--metrics", "fid,ppl",
-                                     "--num", opts.num_fid, "--num-real", opts.num_fid, "--num-ppl", opts.num_ppl,
+        steps.run(f"table1-{name}", ["metrics", "--model", model, "--data", opts.train_data, "--metrics", "fid,pr,ppl",
+                                     "--num", opts.num_fid, "--num-real", opts.num_real or opts.num_fid, "--num-ppl", opts.num_ppl,
                                      "--ppl-space", "w", "--ppl-sampling", "end", "--seed", 0, "--batch", opts.batch,
                                      "--out", out, *_dev(opts)], [out])
 
@@ -284,15 +288,63 @@ def run_table2(opts: Options, steps: StepRunner) -> None:
         _invert(opts, steps, f"table2-invert-{name}", model, targets, MODEL_SPACES[name],
                 opts.outdir / "table2" / name)
     runs = {name: opts.outdir / "table2" / name for name in MODEL_SPACES}
+    _write_json(opts.outdir / "table2" / "unseen_measures.json", unseen_measures(targets, runs, opts.device))
     combine_curves(runs, opts.outdir / "table2" / "fig6.png", opts.outdir / "table2" / "fig6_curves.csv",
                    title=f"Fashion-MNIST test, {opts.num_invert} images: LPIPS per step (median, Q1-Q3)")
     inversion_grid(targets, runs, opts.outdir / "table2" / "grid.png")
 
 
+def unseen_measures(targets: Path, runs: dict[str, Path], device: str = "cpu") -> dict[str, Any]:
+    """Reconstruction judged by measures the projector did not minimise (it minimises LPIPS-VGG): LPIPS-AlexNet
+    (same 256 px resize as the projector's VGG) and PSNR, per image and as median / Q1 / Q3 per space, from the
+    saved reconstructions (PNG, as a user gets them) against the target PNGs."""
+    from opstylegan.cli.common import resolve_device
+    from opstylegan.metrics.lpips import LPIPS
+
+    dev = resolve_device(device)
+    alex = LPIPS("alex", resize_to=256).to(dev).eval()
+    out: dict[str, Any] = {"measures": "LPIPS-AlexNet (resize 256) and PSNR (dB, images in [0, 1]) of the PNGs"}
+    for name, run in runs.items():
+        for space in MODEL_SPACES[name]:
+            stems = sorted(p.stem for p in (run / SPACE_DIRS[space]).glob("*.png") if (targets / p.name).is_file())
+            if not stems:
+                continue
+            tgt = torch.stack([torch.from_numpy(np.array(_load_gray(targets / f"{s}.png"))) for s in stems])
+            rec = torch.stack([torch.from_numpy(np.array(_load_gray(run / SPACE_DIRS[space] / f"{s}.png")))
+                               for s in stems])  # [N, H, W, 1] uint8
+            t = tgt.permute(0, 3, 1, 2).float() / 127.5 - 1  # [N, 1, H, W] in [-1, 1]
+            r = rec.permute(0, 3, 1, 2).float() / 127.5 - 1
+            with torch.no_grad():
+                lp = torch.cat([alex(t[i:i + 50].to(dev), r[i:i + 50].to(dev)).flatten().cpu()
+                                for i in range(0, len(t), 50)])
+            mse = ((t - r) / 2).square().flatten(1).mean(1)
+            psnr = 10 * torch.log10(1 / mse.clamp_min(1e-10))
+            out[space] = {"model": name, "images": len(stems),
+                          "lpips_alex": _quartiles(lp), "psnr": _quartiles(psnr),
+                          "per_image": {s: {"lpips_alex": float(a), "psnr": float(b)}
+                                        for s, a, b in zip(stems, lp, psnr, strict=True)}}
+    return out
+
+
+def _quartiles(v: torch.Tensor) -> dict[str, float]:
+    q = torch.quantile(v.double(), torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
+    return {"q1": q[0], "median": q[1], "q3": q[2]}
+
+
+def free_parameters(model: Path) -> dict[str, int]:
+    """Free numbers of each inversion space of a model (e.g. W = R x C, w+ = layers x C)."""
+    from opstylegan import Generator
+
+    G = Generator.from_pretrained(model, device="cpu")
+    spaces = MODEL_SPACES["overparam" if G.overparam else "baseline"]
+    return {s: int(math.prod(G.latent_shape(s))) for s in spaces}
+
+
 def run_table3(opts: Options, steps: StepRunner) -> None:
-    """Midpoint FID (against the first num_fid TEST images) and path length of all pairs of inverted latents."""
+    """Midpoint FID (against the first num_reference TEST images) and path length of all pairs of inverted
+    latents."""
     reference = opts.outdir / "data" / "reference"
-    export_test_images(opts.test_data, reference, opts.num_fid)
+    export_test_images(opts.test_data, reference, opts.num_reference or opts.num_fid)
     for name, space in INTERP_SETS:
         latents = opts.outdir / "table2" / name / SPACE_DIRS[space]
         if not latents.is_dir():
@@ -502,10 +554,20 @@ def collect_results(opts: Options, steps: StepRunner, meta: dict[str, Any]) -> d
     t1 = {n: _read_json(out / "table1" / f"{n}.json") for n in MODEL_SPACES}
     if all(t1.values()):
         parts["table1"] = {n: {"fid": j["metrics"]["fid"]["value"], "num_fake": j["metrics"]["fid"]["num_fake"],
+                               "precision": j["metrics"].get("pr", {}).get("value", {}).get("precision"),
+                               "recall": j["metrics"].get("pr", {}).get("value", {}).get("recall"),
                                "num_real": j["metrics"]["fid"]["num_real"], "ppl": j["metrics"]["ppl"]["value"],
                                "ppl_samples": j["metrics"]["ppl"]["num_samples"], "warnings": j.get("warnings", [])}
                            for n, j in t1.items()}
     parts.update(_inversion_part("table2", out / "table2", steps))
+    unseen = _read_json(out / "table2" / "unseen_measures.json")
+    if "table2" in parts:
+        free = {**free_parameters(opts.baseline), **free_parameters(opts.overparam)}
+        for space, r in parts["table2"].items():
+            r["free_parameters"] = free.get(space)
+            if unseen and space in unseen:
+                r["lpips_alex"] = unseen[space]["lpips_alex"]
+                r["psnr_png"] = unseen[space]["psnr"]
     parts.update(_inversion_part("ood", out / "ood", steps))
     t3 = {}
     for name, space in INTERP_SETS:
@@ -575,24 +637,27 @@ def render_markdown(res: dict[str, Any], steps: StepRunner, script_command: str)
           f"{res['threads']} thread(s). Paper figures: FFHQ 256 px (tables 1, 4), CelebA-HQ (tables 2, 3).\n"]
     if "table1" in p:
         t = p["table1"]
-        md += ["## Table 1: generation\n", "| model | FID (vs train) | images gen / real | PPL (W, end) | pairs |"
-               " paper FID / PPL |", "| --- | ---: | ---: | ---: | ---: | ---: |"]
+        md += ["## Table 1: generation\n", "| model | FID (vs train) | images gen / real | precision | recall | "
+               "PPL (W, end) | pairs | paper FID / PPL |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for n, r in t.items():
             pp = PAPER["table1"][n]
-            md.append(f"| {n} | {_f(r['fid'], 2)} | {r['num_fake']} / {r['num_real']} | {_f(r['ppl'], 2)} | "
-                      f"{r['ppl_samples']} | {pp['fid']} / {pp['ppl']} |")
+            md.append(f"| {n} | {_f(r['fid'], 2)} | {r['num_fake']} / {r['num_real']} | {_f(r.get('precision'))} | "
+                      f"{_f(r.get('recall'))} | {_f(r['ppl'], 2)} | {r['ppl_samples']} | {pp['fid']} / {pp['ppl']} |")
         md += ["", _cmds(steps, "table1")]
     for part, title in (("table2", "Table 2: inversion of Fashion-MNIST test images"),
                         ("ood", "Out-of-distribution inversion")):
         if part not in p:
             continue
-        md += [f"## {title}\n", "| space | model | images | steps | LPIPS median | Q1 | Q3 | MSE median "
-               "| PSNR median (dB) | paper LPIPS (image A) |", "| --- | --- |" + " ---: |" * 8]
+        md += [f"## {title}\n", "| space | model | free numbers | images | steps | LPIPS-VGG median (Q1-Q3) | "
+               "LPIPS-Alex median (Q1-Q3) | MSE median | PSNR median (dB) | paper LPIPS (image A) |",
+               "| --- | --- |" + " ---: |" * 8]
         for space, r in p[part].items():
             paper = PAPER["table2_image_a_lpips"].get(space) if part == "table2" else None
-            md.append(f"| {space} | {r['model']} | {r['images']} | {r['steps']} | {_f(r['lpips']['median'])} | "
-                      f"{_f(r['lpips']['q1'])} | {_f(r['lpips']['q3'])} | {_f(r['mse']['median'], 4)} | "
-                      f"{_f(r['psnr']['median'], 2)} | {_f(paper)} |")
+            alex = r.get("lpips_alex")
+            alex_s = f"{_f(alex['median'])} ({_f(alex['q1'])}-{_f(alex['q3'])})" if alex else "—"
+            md.append(f"| {space} | {r['model']} | {r.get('free_parameters') or '—'} | {r['images']} | {r['steps']} | "
+                      f"{_f(r['lpips']['median'])} ({_f(r['lpips']['q1'])}-{_f(r['lpips']['q3'])}) | {alex_s} | "
+                      f"{_f(r['mse']['median'], 4)} | {_f(r['psnr']['median'], 2)} | {_f(paper)} |")
         figs = ("table2/fig6.png", "table2/grid.png") if part == "table2" else ("ood/curves.png", "ood/grid.png")
         md += ["", f"Curves (fig. 6): `{figs[0]}`; grid (target | w | w+ | W | W+): `{figs[1]}`.\n",
                _cmds(steps, f"{part}-")]
@@ -731,7 +796,10 @@ _dir = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option("--runs-baseline", type=_dir, required=True, help="The baseline's training run folder (stats.jsonl).")
 @click.option("--runs-overparam", type=_dir, required=True, help="The overparam model's training run folder.")
 @click.option("--outdir", type=click.Path(file_okay=False, path_type=Path), required=True, help="Where to write.")
-@click.option("--num-fid", type=click.IntRange(2), default=2048, help="Images per side for each FID.")
+@click.option("--num-fid", type=click.IntRange(2), default=2048, help="Generated images for each FID / PR.")
+@click.option("--num-real", type=click.IntRange(2), default=None, help="Training images for FID / PR [--num-fid].")
+@click.option("--num-reference", type=click.IntRange(2), default=None,
+              help="Test images as the interpolation-FID reference [--num-fid].")
 @click.option("--num-ppl", type=click.IntRange(2), default=1000, help="PPL pairs per model.")
 @click.option("--num-invert", type=click.IntRange(2), default=100, help="First K test images inverted.")
 @click.option("--steps", type=click.IntRange(1), default=1000, help="Steps of each inversion / PULSE run.")

@@ -134,6 +134,15 @@ def test_every_part_writes_its_figures(first_run):
     assert {s: (r["model"], r["images"], r["steps"]) for s, r in p["table2"].items()} == {
         "w": ("baseline", 3, 2), "w+": ("baseline", 3, 2), "W": ("overparam", 3, 2), "W+": ("overparam", 3, 2)}
     assert set(p["table2"]["W"]["per_image_lpips"]) == {"test-00000", "test-00001", "test-00002"}
+    # Free numbers of each space (tiny 32 px: 8 style layers, 32 rows, w_dim 64): W has 4x the numbers of w+.
+    assert {s: r["free_parameters"] for s, r in p["table2"].items()} == {"w": 64, "w+": 512, "W": 2048, "W+": 16384}
+    # Measures the projector did not minimise, from the saved PNGs: PSNR matches the projector's own within the
+    # PNG rounding; LPIPS-AlexNet is a different number from LPIPS-VGG.
+    for s, r in p["table2"].items():
+        assert 0 <= r["lpips_alex"]["q1"] <= r["lpips_alex"]["median"] <= r["lpips_alex"]["q3"]
+        assert abs(r["psnr_png"]["median"] - r["psnr"]["median"]) < 0.5
+        assert r["lpips_alex"]["median"] != pytest.approx(r["lpips"]["median"], abs=1e-6)
+    assert all(0 <= r["precision"] <= 1 and 0 <= r["recall"] <= 1 for r in p["table1"].values())
     assert {s: r["images"] for s, r in p["ood"].items()} == {"w": 2, "w+": 2, "W": 2, "W+": 2}
     assert {k: (r["num_pairs"], r["num_reference"]) for k, r in p["table3"].items()} == {
         "baseline w+": (2, 4), "overparam W": (2, 4), "overparam W+": (2, 4)}
@@ -184,7 +193,8 @@ def test_markdown_has_every_table_with_its_command(first_run):
         assert heading in md
     assert "opstylegan metrics --model" in md and "opstylegan interpolate metrics" in md
     assert "python scripts/reproduce_fmnist.py --baseline" in md
-    assert "| W+ | overparam | 3 | 2 |" in md
+    assert "| W+ | overparam | 16384 | 3 | 2 |" in md  # free numbers: 8 layers x 32 rows x 64
+    assert "LPIPS-Alex" in md and "| precision | recall |" in md
 
 
 def test_second_run_skips_and_a_changed_option_reruns_only_its_steps(first_run, world):
