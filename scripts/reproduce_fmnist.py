@@ -268,8 +268,8 @@ def run_table1(opts: Options, steps: StepRunner) -> None:
     for name, model in opts.models().items():
         out = opts.outdir / "table1" / f"{name}.json"
         steps.run(f"table1-{name}", ["metrics", "--model", model, "--data", opts.train_data, "--metrics", "fid,pr,ppl",
-                                     "--num", opts.num_fid, "--num-real", opts.num_real or opts.num_fid, "--num-ppl", opts.num_ppl,
-                                     "--ppl-space", "w", "--ppl-sampling", "end", "--seed", 0, "--batch", opts.batch,
+                                     "--num", opts.num_fid, "--num-real", opts.num_real or opts.num_fid,
+                                     "--num-ppl", opts.num_ppl,                                     "--ppl-space", "w", "--ppl-sampling", "end", "--seed", 0, "--batch", opts.batch,
                                      "--out", out, *_dev(opts)], [out])
 
 
@@ -655,8 +655,8 @@ def render_markdown(res: dict[str, Any], steps: StepRunner, script_command: str)
             paper = PAPER["table2_image_a_lpips"].get(space) if part == "table2" else None
             alex = r.get("lpips_alex")
             alex_s = f"{_f(alex['median'])} ({_f(alex['q1'])}-{_f(alex['q3'])})" if alex else "—"
-            md.append(f"| {space} | {r['model']} | {r.get('free_parameters') or '—'} | {r['images']} | {r['steps']} | "
-                      f"{_f(r['lpips']['median'])} ({_f(r['lpips']['q1'])}-{_f(r['lpips']['q3'])}) | {alex_s} | "
+            md.append(f"| {space} | {r['model']} | {r.get('free_parameters') or '—'} | {r['images']} | "
+                      f"{r['steps']} | "                      f"{_f(r['lpips']['median'])} ({_f(r['lpips']['q1'])}-{_f(r['lpips']['q3'])}) | {alex_s} | "
                       f"{_f(r['mse']['median'], 4)} | {_f(r['psnr']['median'], 2)} | {_f(paper)} |")
         figs = ("table2/fig6.png", "table2/grid.png") if part == "table2" else ("ood/curves.png", "ood/grid.png")
         md += ["", f"Curves (fig. 6): `{figs[0]}`; grid (target | w | w+ | W | W+): `{figs[1]}`.\n",

@@ -73,3 +73,32 @@ def test_fid_num_one_is_refused(dataset_dir, tmp_path):
                                  *TINY[:-1], "1"])
     assert r.exit_code != 0 and "FID needs at least 2 generated" in r.output
     assert not any(tmp_path.iterdir())
+
+
+def test_precision_recall_at_snapshots(dataset_dir, tmp_path, fast_fid):
+    """--snapshot-pr adds precision and recall (k = 3) to every metrics.jsonl line, equal to what
+    `metrics.precision_recall` gives on the same features; without --fid-num it is refused."""
+    from opstylegan.metrics.fid import compute_generator_stats
+    from opstylegan.metrics.precision_recall import precision_recall
+
+    r = CliRunner().invoke(cli, ["train", "--data", str(dataset_dir), "--outdir", str(tmp_path), "--kimg", "0.008",
+                                 "--snapshot-pr", *TINY], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    run_dir = tmp_path / "00000-fmnist16-baseline"
+    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["kimg"] for m in lines] == [0.004, 0.008]
+    assert all(0 <= m["precision"] <= 1 and 0 <= m["recall"] <= 1 and m["pr_k"] == 3 for m in lines)
+    assert json.loads((run_dir / "config.json").read_text())["snapshot_pr"] is True
+    # Recompute the last snapshot's figures independently.
+    det = MeanPool()
+    G = Generator.from_pretrained(run_dir / lines[-1]["network"])
+    fake = compute_generator_stats(G, det, 8, batch_size=4, seed=0, capture_features=True)
+    from opstylegan.data.dataset import ImageDataset
+
+    ds = ImageDataset(dataset_dir)
+    real = det(torch.stack([ds[i] for i in range(len(ds))])).numpy()
+    want = precision_recall(torch.from_numpy(real), torch.from_numpy(fake.features), k=3)
+    assert (lines[-1]["precision"], lines[-1]["recall"]) == pytest.approx((want.precision, want.recall), abs=1e-6)
+    r = CliRunner().invoke(cli, ["train", "--data", str(dataset_dir), "--outdir", str(tmp_path / "x"), "--kimg",
+                                 "0.008", "--snapshot-pr", "--preset", "tiny", "--device", "cpu"])
+    assert r.exit_code != 0 and "fid_num" in r.output

@@ -26,8 +26,8 @@ Examples:
 
 # Options that define a run; with --resume they come from the run's config.json instead.
 _RUN_OPTIONS = ("data", "outdir", "overparam", "preset", "batch", "gamma", "snap", "tick", "seed", "aug", "mirror",
-                "fp32", "workers", "lr", "fid_num", "pl_rows", "pl_weight", "row_spread", "style_mixing", "init_from",
-                "init_d", "upcycle_kimg", "d_warmup_kimg")
+                "fp32", "workers", "lr", "fid_num", "snapshot_pr", "pl_rows", "pl_weight", "row_spread", "style_mixing",
+                "init_from", "init_d", "upcycle_kimg", "d_warmup_kimg")
 
 
 @click.command(name="train", epilog=EPILOG, context_settings={"show_default": True})
@@ -60,6 +60,9 @@ _RUN_OPTIONS = ("data", "outdir", "overparam", "preset", "batch", "gamma", "snap
 @click.option("--fid-num", type=click.IntRange(min=0), default=0,
               help="At every snapshot, FID of G_ema on this many generated images against the training set "
                    "(Inception, real statistics cached); keeps network-best/ and metrics.jsonl. 0 = off.")
+@click.option("--snapshot-pr", is_flag=True,
+              help="With --fid-num: also precision and recall (k = 3) at every snapshot, in metrics.jsonl (keeps the "
+                   "Inception features of the real images: 8 KB each).")
 @click.option("--pl-weight", type=click.FloatRange(min=0), default=2.0, help="Path-length regularizer weight; 0 = off.")
 @click.option("--pl-rows", type=click.Choice(["sum", "mean"]), default="sum",
               help="Path length of a latent matrix: 'sum' = each layer's R x C matrix is its latent (the baseline's "
@@ -87,8 +90,8 @@ _RUN_OPTIONS = ("data", "outdir", "overparam", "preset", "batch", "gamma", "snap
 @click.pass_context
 def command(ctx: click.Context, data: Path | None, outdir: Path, overparam: bool, preset: str, kimg: float | None,
             batch: int | None, gamma: float | None, lr: float | None, snap: int, tick: float, seed: int, aug: str,
-            mirror: bool, fp32: bool, workers: int | None, fid_num: int, pl_weight: float, pl_rows: str,
-            row_spread: float, style_mixing: float, init_from: str | None, init_d: str | None,
+            mirror: bool, fp32: bool, workers: int | None, fid_num: int, snapshot_pr: bool, pl_weight: float,
+            pl_rows: str, row_spread: float, style_mixing: float, init_from: str | None, init_d: str | None,
             upcycle_kimg: float | None, d_warmup_kimg: float, resume: Path | None, device: str) -> None:
     """Train a StyleGAN2 (baseline) or the overparameterized StyleGAN2 on a dataset.
 
@@ -125,10 +128,10 @@ def command(ctx: click.Context, data: Path | None, outdir: Path, overparam: bool
             cfg = TrainConfig(data=str(data), preset=preset, overparam=overparam, kimg=kimg or 25000.0, batch=batch,
                               gamma=gamma, lr=lr, snap=snap, tick_kimg=tick, seed=seed, aug=aug, mirror=mirror,
                               fp32=fp32, workers=workers if workers is not None else
-                              (3 if info.device.type == "cuda" else 0), fid_num=fid_num,
-                              pl_weight=pl_weight, pl_rows=pl_rows, row_spread=row_spread, style_mixing_prob=style_mixing,
-                              init_from=init_from, init_d=init_d, upcycle_kimg=upcycle_kimg,
-                              d_warmup_kimg=d_warmup_kimg)
+                              (3 if info.device.type == "cuda" else 0), fid_num=fid_num, snapshot_pr=snapshot_pr,
+                              pl_weight=pl_weight, pl_rows=pl_rows, row_spread=row_spread,
+                              style_mixing_prob=style_mixing, init_from=init_from, init_d=init_d,
+                              upcycle_kimg=upcycle_kimg, d_warmup_kimg=d_warmup_kimg)
             _check_outdir(outdir)
         result = train(cfg, outdir=outdir, resume=resume, kimg=kimg if resume is not None else None, info=info,
                        progress=ui.progress, callback=ui.callback)

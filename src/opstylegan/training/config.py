@@ -95,6 +95,7 @@ class TrainConfig(_Config):
     workers: int = 2
     fid_num: int = 0
     fid_real_num: int = 50000
+    snapshot_pr: bool = False
     init_from: str | None = None
     init_d: str | None = None
     upcycle_kimg: float | None = None
@@ -122,7 +123,10 @@ class TrainConfig(_Config):
                               "upcycled or continued model follow that model's sampling)")
         if self.aug not in AUG_MODES:
             raise ConfigError(f"TrainConfig: aug must be one of {list(AUG_MODES)}, got {self.aug!r}")
-        for k in ("overparam", "mirror", "fp32"):
+        if self.snapshot_pr and self.fid_num < 4:
+            raise ConfigError(f"TrainConfig: snapshot_pr (precision/recall at snapshots) needs fid_num >= 4 "
+                              f"generated images per snapshot, got fid_num={self.fid_num}")
+        for k in ("overparam", "mirror", "fp32", "snapshot_pr"):
             if not isinstance(getattr(self, k), bool):
                 raise ConfigError(f"TrainConfig: {k} must be true or false, got {getattr(self, k)!r}")
         _positive(self, "kimg", "tick_kimg", "ada_kimg", "adam_eps")

@@ -152,7 +152,8 @@ class Trainer:
         self.fid: SnapshotFID | None = None
         if cfg.fid_num > 0:  # on every rank: each one embeds its share of the images
             self.fid = SnapshotFID(self.dataset, cfg.data, num_fake=cfg.fid_num, num_real=cfg.fid_real_num,
-                                   batch_size=self.batch_gpu, device=self.device, info=self.info)
+                                   batch_size=self.batch_gpu, device=self.device, info=self.info,
+                                   pr=cfg.snapshot_pr)
 
     # -- one step ---------------------------------------------------------------------------------------
     def _run_D(self, img: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 Real-image statistics are computed once per dataset content (cached by opstylegan.metrics) over
 `min(len(dataset), fid_real_num)` images; every snapshot then generates `fid_num` images (seeds 0..N-1,
-no truncation) through the same Inception network.
+no truncation) through the same Inception network. With `pr` (`opstylegan train --snapshot-pr`) the features
+are kept and every snapshot also records improved precision and recall (k = 3, `metrics.precision_recall`),
+so a generator that drops modes shows it in metrics.jsonl while it trains (recall falls, FID may not).
 
 Under torchrun the work is spread over the ranks, as stylegan2-ada spreads its metrics: rank r generates and
 embeds its contiguous block of the seeds (and of the real images on a cache miss), the ranks' float64 feature
@@ -32,6 +34,7 @@ from opstylegan.metrics.fid import (
     dataset_stats_cache_path,
     fid_from_stats,
 )
+from opstylegan.metrics.precision_recall import pr_from_stats
 from opstylegan.models.generator import Generator
 from opstylegan.training.distributed import DistInfo, broadcast_object, gather_objects
 
@@ -60,12 +63,13 @@ class SnapshotFID:
     detector_factory: Callable[[torch.device], Detector] = staticmethod(_default_detector)
 
     def __init__(self, dataset: ImageDataset, data_path: str, *, num_fake: int, num_real: int,
-                 batch_size: int, device: torch.device, info: DistInfo | None = None) -> None:
+                 batch_size: int, device: torch.device, info: DistInfo | None = None, pr: bool = False) -> None:
         self.dataset, self.data_path = dataset, data_path
         self.num_fake, self.num_real = num_fake, min(num_real, len(dataset))
         self.batch_size, self.device = batch_size, device
         self.info = info if info is not None else DistInfo(device=device)
         self.best_fid = math.inf
+        self.pr = pr
         self._detector: Detector | None = None
         self._real: FeatureStats | None = None
 
@@ -77,7 +81,8 @@ class SnapshotFID:
         """The real images' statistics: from the cache (read by rank 0, sent to all), else computed in shares."""
         path = None
         if self.info.is_main:
-            path = dataset_stats_cache_path(dataset_content_hash(self.data_path), detector, max_items=self.num_real)
+            path = dataset_stats_cache_path(dataset_content_hash(self.data_path), detector, max_items=self.num_real,
+                                            capture_features=self.pr)
         cached = broadcast_object(path is not None and path.is_file(), self.info)
         if cached:
             loaded = FeatureStats.load(path) if path is not None else None
@@ -85,24 +90,30 @@ class SnapshotFID:
         block = rank_block(self.num_real, self.info)
         batches = (torch.stack([self.dataset[i] for i in range(start, min(start + self.batch_size, block.stop))])
                    for start in range(block.start, block.stop, self.batch_size))  # uint8 [B, C, H, W]
-        mine = compute_feature_stats(batches, detector) if len(block) else None
+        mine = compute_feature_stats(batches, detector, capture_features=self.pr) if len(block) else None
         stats = self._merge(mine)
         if path is not None:
             stats.save(path)
         return stats
 
     def measure(self, G_ema: Generator) -> dict[str, Any]:
-        """FID of ``G_ema`` (seeds 0 .. num_fake - 1), the same value on every rank."""
+        """FID (and with ``pr`` precision / recall) of ``G_ema`` (seeds 0 .. num_fake - 1), the same on every rank."""
         if self._detector is None:
             self._detector = self.detector_factory(self.device)
         if self._real is None:
             self._real = self._real_stats(self._detector)
         block = rank_block(self.num_fake, self.info)
         mine = (compute_generator_stats(G_ema, self._detector, len(block), batch_size=self.batch_size,
-                                        seed=block.start, device=self.device) if len(block) else None)
-        res = fid_from_stats(self._real, self._merge(mine))
-        return {"fid": res.fid, "num_real": res.num_real, "num_fake": res.num_fake,
-                "feature_net": res.feature_net, "feature_net_sha256": res.feature_net_sha256}
+                                        seed=block.start, capture_features=self.pr, device=self.device)
+                if len(block) else None)
+        fake = self._merge(mine)
+        res = fid_from_stats(self._real, fake)
+        out = {"fid": res.fid, "num_real": res.num_real, "num_fake": res.num_fake,
+               "feature_net": res.feature_net, "feature_net_sha256": res.feature_net_sha256}
+        if self.pr:
+            r = pr_from_stats(self._real, fake, k=3)
+            out.update(precision=r.precision, recall=r.recall, pr_k=r.k)
+        return out
 
     def at_snapshot(self, run_dir: Path, G_ema: Generator, kimg: float, network_name: str) -> dict[str, Any]:
         """Measures (every rank), then rank 0 appends to metrics.jsonl and saves network-best/ when FID improved."""
