@@ -269,7 +269,8 @@ def run_table1(opts: Options, steps: StepRunner) -> None:
         out = opts.outdir / "table1" / f"{name}.json"
         steps.run(f"table1-{name}", ["metrics", "--model", model, "--data", opts.train_data, "--metrics", "fid,pr,ppl",
                                      "--num", opts.num_fid, "--num-real", opts.num_real or opts.num_fid,
-                                     "--num-ppl", opts.num_ppl,                                     "--ppl-space", "w", "--ppl-sampling", "end", "--seed", 0, "--batch", opts.batch,
+                                     "--num-ppl", opts.num_ppl, "--ppl-space", "w", "--ppl-sampling", "end",
+                                     "--seed", 0, "--batch", opts.batch,
                                      "--out", out, *_dev(opts)], [out])
 
 
