@@ -73,9 +73,13 @@ def diagnose(opts: dict[str, Any], log=print) -> dict[str, Any]:
     if len(set(labels)) != len(labels):
         raise ReproError(f"entry labels must differ, got {labels}")
     # Check every input before any work.
+    from opstylegan.io.checkpoint import CheckpointError, read_model_json
+
     for label, model, run, kimg in entries:
-        if not (Path(model) / "config.json").is_file():
-            raise ReproError(f"entry {label!r}: {model} is not a model folder (no config.json)")
+        try:
+            read_model_json(Path(model))
+        except CheckpointError as e:
+            raise ReproError(f"entry {label!r}: {model} is not a model folder: {e}") from None
         run_settings(Path(run), kimg)
     for key in ("train_data", "test_data"):
         if not (Path(opts[key]) / "dataset.json").is_file():

@@ -79,7 +79,8 @@ class Options:
     images (None: ``num_fid``; statistics cached), ``num_reference`` TEST images as the reference of the
     interpolation FID (None: ``num_fid``), ``num_ppl`` PPL pairs, ``num_invert`` TEST images inverted (the first
     ones), ``steps`` optimisation steps of every inversion / PULSE run, ``max_pairs`` interpolation pairs
-    measured (None: all pairs), ``pulse_images`` the first test images given to PULSE.
+    measured (None: all pairs), ``num_interp`` the first inverted latents whose pairs table 3 measures (None:
+    all of them; the paper's protocol is all pairs of the first 50), ``pulse_images`` the first test images given to PULSE.
     """
 
     baseline: Path
@@ -96,6 +97,7 @@ class Options:
     num_invert: int = 100
     steps: int = 1000
     max_pairs: int | None = None
+    num_interp: int | None = None
     ood: Path | None = DEFAULT_OOD
     threads: int | None = None
     device: str = "auto"
@@ -350,11 +352,31 @@ def run_table3(opts: Options, steps: StepRunner) -> None:
         latents = opts.outdir / "table2" / name / SPACE_DIRS[space]
         if not latents.is_dir():
             raise ReproError(f"table 3 needs the inverted latents in {latents}: run the table2 part first")
+        if opts.num_interp is not None:
+            latents = _first_latents(latents, opts.num_interp,
+                                     opts.outdir / "table3" / "latents" / f"{name}-{SPACE_DIRS[space]}")
         outdir = opts.outdir / "table3" / f"{name}-{SPACE_DIRS[space]}"
         pairs = [] if opts.max_pairs is None else ["--max-pairs", opts.max_pairs]
         argv = ["interpolate", "metrics", "--model", opts.models()[name], "--latents", latents, "--reference",
                 reference, "--segments", 5, *pairs, "--batch", 8, "--outdir", outdir, *_dev(opts)]
         steps.run(f"table3-{name}-{SPACE_DIRS[space]}", argv, [outdir / "editability.json"], clean=outdir)
+
+
+def _first_latents(folder: Path, count: int, dest: Path) -> Path:
+    """A folder holding (copies of) the first ``count`` latent files of ``folder``, in name order."""
+    files = sorted(folder.glob("*.safetensors"))
+    if len(files) < count:
+        raise ReproError(f"{folder} holds {len(files)} latents, fewer than --num-interp {count}")
+    want = files[:count]
+    if dest.is_dir() and sorted(p.name for p in dest.iterdir()) == [f.name for f in want] and \
+            all((dest / f.name).read_bytes() == f.read_bytes() for f in want):
+        return dest
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    for f in want:
+        shutil.copyfile(f, dest / f.name)
+    return dest
 
 
 def run_pulse(opts: Options, steps: StepRunner) -> None:
@@ -805,6 +827,8 @@ _dir = click.Path(exists=True, file_okay=False, path_type=Path)
 @click.option("--num-invert", type=click.IntRange(2), default=100, help="First K test images inverted.")
 @click.option("--steps", type=click.IntRange(1), default=1000, help="Steps of each inversion / PULSE run.")
 @click.option("--max-pairs", type=click.IntRange(1), default=None, help="Interpolation pairs measured [all].")
+@click.option("--num-interp", type=click.IntRange(2), default=None,
+              help="Table 3 measures the pairs of the first K inverted latents [all inverted].")
 @click.option("--ood", type=click.Path(path_type=Path), default=DEFAULT_OOD, help="Out-of-distribution images.")
 @click.option("--threads", type=click.IntRange(1), default=None, help="torch threads [torch's default].")
 @click.option("--device", default="auto", help="Device for every command: auto, cpu, cuda[:N].")

@@ -219,6 +219,25 @@ def test_second_run_skips_and_a_changed_option_reruns_only_its_steps(first_run, 
     assert sorted(m.split("]")[0][1:] for m in log4 if "finished in" in m) == ["ganspace-fit", "ganspace-grid"]
 
 
+def test_table3_can_take_the_first_latents_only(first_run, world):
+    out, _, _ = first_run
+    mp = pytest.MonkeyPatch()
+    mp.setattr(cli_metrics, "load_feature_net", lambda cache_dir, device: MeanPool())
+    mp.setattr(cli_interpolate, "_detector", lambda device: MeanPool())
+    mp.setenv("OPSTYLEGAN_CACHE", str(world["root"] / "cache"))
+    try:
+        res = repro.reproduce(_opts(world, out, num_interp=2, max_pairs=None, parts=("table2", "table3")),
+                            log=lambda m: None)
+    finally:
+        mp.undo()
+    # 2 latents -> 1 pair; the copies are the first two inverted latents, byte for byte.
+    assert {k: r["num_pairs"] for k, r in res["parts"]["table3"].items()} == {
+        "baseline w+": 1, "overparam W": 1, "overparam W+": 1}
+    copies = sorted((out / "table3" / "latents" / "overparam-W-matrix").iterdir())
+    src = sorted((out / "table2" / "overparam" / "W-matrix").glob("*.safetensors"))[:2]
+    assert [c.read_bytes() for c in copies] == [s.read_bytes() for s in src]
+
+
 def test_bad_inputs_are_refused_before_any_work(world, tmp_path):
     with pytest.raises(FileNotFoundError, match="--runs-baseline .*no stats.jsonl"):
         repro.reproduce(_opts(world, tmp_path / "a", runs_baseline=tmp_path))
