@@ -61,6 +61,20 @@ def portable_training_config(run_cfg: dict[str, Any], data: Path) -> dict[str, A
     return cfg
 
 
+def training_data(data: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    """The model card's view of the training set: its name, the sha256 of its images and the command that
+    builds it (from its dataset.json: resolution, channels, fit, split; the source by its file or folder name
+    only, since its full path is the training machine's)."""
+    meta = read_metadata(data)
+    cmd = ["opstylegan", "dataset", Path(str(meta.get("source", "SOURCE"))).name, data.name, "--resolution",
+           str(meta["resolution"]), "--channels", str(meta["channels"])]
+    if meta.get("fit"):
+        cmd += ["--fit", str(meta["fit"])]
+    if meta.get("split") not in (None, "train"):
+        cmd += ["--split", str(meta["split"])]
+    return {"name": identity["name"], "images_sha256": identity["sha256"][IMAGES_FILE], "built_with": " ".join(cmd)}
+
+
 def ship(network: Path, name: str, run: Path, *, data: Path | None = None, dest_root: Path = PRETRAINED_DIR) -> Path:
     """Writes dest_root/NAME (config.json, model.safetensors, reference.json) from a snapshot folder of `run`."""
     G = Generator.from_pretrained(network)
@@ -70,7 +84,8 @@ def ship(network: Path, name: str, run: Path, *, data: Path | None = None, dest_
     dest = dest_root / name
     meta = json.loads((network / "config.json").read_text())["metadata"]
     G.save_pretrained(dest, metadata={"shipped_as": name, "snapshot": network.name,
-                                      "kimg": meta.get("kimg"), "training_config": training_config})
+                                      "kimg": meta.get("kimg"), "training_config": training_config,
+                                      "training_data": training_data(data, training_config["dataset"])})
     H = Generator.from_pretrained(dest)
     img = reference_images(H)
     write_text(dest / "reference.json", json.dumps({

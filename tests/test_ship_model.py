@@ -51,6 +51,10 @@ def test_shipped_config_has_no_machine_path(ship_model, run: Path, tmp_path: Pat
     assert tc["data"] == "fmnist32" and tc["init_from"] == "start"
     assert tc["dataset"] == {"name": "fmnist32", "sha256": {"images.npy": sha256_file(data / "images.npy")},
                              "count": 6, "resolution": 32, "channels": 1}
+    td = json.loads((dest / "config.json").read_text())["metadata"]["training_data"]
+    assert td["name"] == "fmnist32" and td["images_sha256"] == sha256_file(data / "images.npy")
+    assert td["built_with"] == "opstylegan dataset train-images-idx3-ubyte fmnist32 --resolution 32 --channels 1 --fit " \
+        + json.loads((data / "dataset.json").read_text())["fit"]
     assert Generator.from_pretrained(dest).fingerprint() == Generator.from_pretrained(
         run / "network-000000.008").fingerprint()
     assert json.loads((dest / "reference.json").read_text())["seeds"] == [0, 1, 2, 3]
