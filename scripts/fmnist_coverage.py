@@ -154,6 +154,52 @@ def classify_generator(classifier: nn.Module, G: Any, num: int, *, seed: int = 0
     return torch.cat(out)
 
 
+def axis_line_energy(images: torch.Tensor, min_freq: int = 6) -> float:
+    """Share of the images' spectral energy that lies in thin horizontal / vertical lines: the power at the
+    spatial frequencies (fx, 0) and (0, fy) with |f| >= ``min_freq`` cycles per image, divided by the power at all
+    frequencies with max(|fx|, |fy|) >= ``min_freq`` (DC and low frequencies, i.e. the garment's shape, are left
+    out). A straight vertical stripe pattern puts its energy on the fx axis; natural edges spread theirs.
+
+    images: [N, 1, H, W] in [-1, 1]. Returns the ratio of the summed powers over the whole set.
+    """
+    x = images.float()[:, 0]
+    x = x - x.mean(dim=(1, 2), keepdim=True)
+    power = torch.fft.fft2(x).abs().square().sum(0)  # [H, W]
+    h, w = power.shape
+    fy = torch.fft.fftfreq(h, d=1 / h).abs()[:, None]  # cycles per image
+    fx = torch.fft.fftfreq(w, d=1 / w).abs()[None, :]
+    high = torch.maximum(fy, fx) >= min_freq
+    axis = high & ((fy == 0) | (fx == 0))
+    return float(power[axis].sum() / power[high].sum())
+
+
+def generated_images(G: Any, num: int, *, seed: int = 0, batch: int = 250) -> torch.Tensor:
+    """G's images for seeds seed .. seed + num - 1, [num, C, H, W] in [-1, 1]."""
+    out = []
+    with torch.no_grad():
+        for start in range(seed, seed + num, batch):
+            out.append(G(G.z_from_seeds(list(range(start, min(start + batch, seed + num))))).clamp(-1, 1))
+    return torch.cat(out)
+
+
+def _cmd_lines(args: argparse.Namespace) -> None:
+    from opstylegan.cli.common import load_generator
+
+    xt, _, _ = _load_split(args.reference)
+    ref = axis_line_energy(xt[: args.num])
+    result: dict[str, Any] = {"measure": "share of high-frequency (>= 6 cycles) power on the fx / fy axes",
+                              "num": args.num, "reference": {"path": str(args.reference), "axis_share": round(ref, 4)},
+                              "models": {}}
+    for m in args.model:
+        G = load_generator(m, torch.device("cpu")).eval()
+        v = axis_line_energy(generated_images(G, args.num))
+        result["models"][m] = {"axis_share": round(v, 4), "vs_reference": round(v / ref, 3)}
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
     x, y, train_hash = _load_split(args.train)
     xt, yt, test_hash = _load_split(args.test)
@@ -242,11 +288,16 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--label", action="append", help="column label per --model (default: the model)")
     g.add_argument("--num", type=int, default=2000, help="samples for the caption's histogram")
     g.add_argument("--out", required=True, help="PNG to write")
+    ln = sub.add_parser("lines", help="how much of the samples' fine detail is thin horizontal / vertical lines")
+    ln.add_argument("--model", action="append", required=True)
+    ln.add_argument("--reference", required=True, help="built data set (e.g. the test split) to compare with")
+    ln.add_argument("--num", type=int, default=5000)
+    ln.add_argument("--out")
     args = p.parse_args(argv)
     if getattr(args, "epochs", 1) < 1 or getattr(args, "num", 1) < 1:
         p.error("--epochs and --num must be >= 1")
     torch.set_num_threads(1)
-    {"train": _cmd_train, "histogram": _cmd_histogram, "grid": _cmd_grid}[args.cmd](args)
+    {"train": _cmd_train, "histogram": _cmd_histogram, "grid": _cmd_grid, "lines": _cmd_lines}[args.cmd](args)
 
 
 if __name__ == "__main__":

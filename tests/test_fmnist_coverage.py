@@ -81,3 +81,18 @@ def test_generated_samples_by_seed_and_cli(cov, tmp_path, capsys):
 
     w, h = Image.open(tmp_path / "g.png").size
     assert w >= 2 * 8 * 32 and h > 8 * 32  # two labelled 8x8 grids of 32 px samples
+
+
+def test_axis_line_energy_sees_stripes_not_blobs(cov):
+    """Vertical stripes put their fine-detail power on the fx axis (share ~1); a smooth blob with random texture
+    spreads it (share ~ the axes' share of the frequency plane); the measure does not depend on the set's order."""
+    g = torch.Generator().manual_seed(0)
+    noise = torch.rand(16, 1, 32, 32, generator=g) * 2 - 1
+    cols = torch.arange(32).float()
+    stripes = torch.cos(2 * torch.pi * 8 * cols / 32).expand(16, 1, 32, 32) * torch.rand(16, 1, 1, 1, generator=g)
+    assert cov.axis_line_energy(stripes) > 0.99
+    share = cov.axis_line_energy(noise)
+    high = 32 * 32 - 11 * 11  # frequencies with max(|fx|, |fy|) >= 6 on a 32 x 32 grid
+    assert share == pytest.approx(2 * 21 / high, rel=0.3)  # 21 axis frequencies >= 6 on each axis
+    assert cov.axis_line_energy(noise.flip(0)) == pytest.approx(share, rel=1e-5)
+    assert cov.axis_line_energy(noise + 0.5 * stripes) > 3 * share
