@@ -62,6 +62,15 @@ class Classifier(nn.Module):
         return self.head(self.features(x).mean(dim=[2, 3]))
 
 
+def load_images(path: str | Path, num: int | None = None) -> torch.Tensor:
+    """The first ``num`` (all: None) images of a built data set, in [-1, 1], [N, C, H, W]."""
+    from opstylegan.data.dataset import ImageDataset, dataset_batches
+
+    ds = ImageDataset(path)
+    n = len(ds) if num is None else min(num, len(ds))
+    return torch.cat(list(dataset_batches(ds, n, 1000))).float() / 127.5 - 1  # uint8 -> [-1, 1]
+
+
 def _load_split(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, str]:
     """A built data set with labels -> (images in [-1, 1] [N, 1, H, W], labels [N], its images' sha256)."""
     from opstylegan.data.dataset import ImageDataset, dataset_batches
@@ -185,8 +194,7 @@ def generated_images(G: Any, num: int, *, seed: int = 0, batch: int = 250) -> to
 def _cmd_lines(args: argparse.Namespace) -> None:
     from opstylegan.cli.common import load_generator
 
-    xt, _, _ = _load_split(args.reference)
-    ref = axis_line_energy(xt[: args.num])
+    ref = axis_line_energy(load_images(args.reference, args.num))
     result: dict[str, Any] = {"measure": "share of high-frequency (>= 6 cycles) power on the fx / fy axes",
                               "num": args.num, "reference": {"path": str(args.reference), "axis_share": round(ref, 4)},
                               "models": {}}

@@ -8,7 +8,9 @@ kimg it was taken at):
 - FID and precision / recall (k = 3) of ``--num-fid`` generated images against the first ``--num-real``
   training images (``opstylegan metrics --metrics fid,pr``; the real features are cached once for all entries);
 - the class histogram of ``--num-classes`` samples by the small Fashion-MNIST classifier of
-  ``scripts/fmnist_coverage.py`` (KL to uniform, the rarest class, classes never drawn);
+  ``scripts/fmnist_coverage.py`` (KL to uniform, the rarest class, classes never drawn), and on the same samples
+  the share of fine-detail power in thin horizontal / vertical lines, relative to the test split's
+  (``fmnist_coverage.axis_line_energy``; 1 = as much as real images have);
 - the ADA probability and the settings that differ between runs (path-length rows, row spread, style
   mixing, ...) from the run's stats.jsonl and config.json at that kimg;
 - the median LPIPS of inverting the first ``--num-invert`` TEST images in the model's native space
@@ -34,7 +36,7 @@ import click
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fmnist_coverage import classify_generator, histogram, load_classifier  # noqa: E402
+from fmnist_coverage import axis_line_energy, generated_images, histogram, load_classifier, load_images  # noqa: E402
 from reproduce_fmnist import (ReproError, StepRunner, _read_json, _write_json, dataset_record,  # noqa: E402
                               export_test_images, model_record, read_stats)
 
@@ -85,6 +87,7 @@ def diagnose(opts: dict[str, Any], log=print) -> dict[str, Any]:
         if not (Path(opts[key]) / "dataset.json").is_file():
             raise ReproError(f"--{key.replace('_', '-')} {opts[key]}: not an `opstylegan dataset` folder")
     clf, clf_info = load_classifier(opts["classifier"])
+    lines_ref = axis_line_energy(load_images(opts["test_data"], opts["num_classes"]))
 
     steps = StepRunner(out, log, {"train_data": dataset_record(Path(opts["train_data"]))["content_sha256"]})
     targets = out / "data" / "targets"
@@ -111,12 +114,14 @@ def diagnose(opts: dict[str, Any], log=print) -> dict[str, Any]:
         classes_path = mdir / "classes.json"
         classes = _read_json(classes_path)
         if classes is None or classes.get("fingerprint") != rec["fingerprint"] or \
-                classes.get("num") != opts["num_classes"]:
+                classes.get("num") != opts["num_classes"] or "lines" not in classes:
             from opstylegan import Generator
 
             G = Generator.from_pretrained(model, device="cpu").eval()
-            pred = classify_generator(clf, G, opts["num_classes"], seed=0)
-            classes = {"fingerprint": rec["fingerprint"], **histogram(pred)}
+            images = generated_images(G, opts["num_classes"], seed=0)
+            with torch.no_grad():
+                pred = torch.cat([clf(images[i:i + 500]).argmax(1) for i in range(0, len(images), 500)])
+            classes = {"fingerprint": rec["fingerprint"], **histogram(pred), "lines": axis_line_energy(images)}
             _write_json(classes_path, classes)
         m = _read_json(metrics)["metrics"]
         summary = _read_json(inv / "summary.json")
@@ -125,6 +130,7 @@ def diagnose(opts: dict[str, Any], log=print) -> dict[str, Any]:
             "fid": m["fid"]["value"], "precision": m["pr"]["value"]["precision"], "recall": m["pr"]["value"]["recall"],
             "num_fid": m["fid"].get("num_fake"), "num_real": m["fid"].get("num_real"),
             "classes": {k: classes[k] for k in ("kl_to_uniform", "rarest", "missing", "fractions")},
+            "lines_vs_test": classes["lines"] / lines_ref,
             "invert": {"space": space, "steps": opts["steps"], "num": opts["num_invert"],
                        "lpips_median": _summary_median(summary, space)},
             "commands": {k: steps.records[f"{slug}-{k}"]["command"] for k in ("metrics", "invert")}}
@@ -144,15 +150,15 @@ def _summary_median(summary: dict[str, Any], space: str) -> float:
 def markdown(res: dict[str, Any]) -> str:
     o = res["options"]
     lines = [f"| run | kimg | pl rows | row spread | style mixing | FID ({o['num_fid']} / {o['num_real']}) | precision "
-             f"| recall | KL to uniform | rarest class | never drawn | ADA p | inversion LPIPS (median, "
+             f"| recall | KL to uniform | rarest class | never drawn | lines vs test | ADA p | inversion LPIPS (median, "
              f"{o['num_invert']} test images, {o['steps']} steps) |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: |"]
+             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: |"]
     for label, e in res["entries"].items():
         s, c = e["settings"], e["classes"]
         lines.append(f"| {label} | {e['kimg']:g} | {s['pl_rows']} | {s['generator.row_spread']} | "
                      f"{s['style_mixing_prob']} | {e['fid']:.2f} | {e['precision']:.3f} | {e['recall']:.3f} | "
                      f"{c['kl_to_uniform']:.3f} | {c['rarest']['class']} {100 * c['rarest']['fraction']:.1f}% | "
-                     f"{len(c['missing'])} | {e['ada_p']:.3f} | {e['invert']['lpips_median']:.4f} "
+                     f"{len(c['missing'])} | {e['lines_vs_test']:.2f} | {e['ada_p']:.3f} | {e['invert']['lpips_median']:.4f} "
                      f"({e['invert']['space']}) |")
     return "\n".join(lines) + "\n"
 

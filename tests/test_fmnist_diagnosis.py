@@ -91,7 +91,7 @@ def test_every_entry_gets_its_measurements_and_reruns_skip(world, monkeypatch):
         assert e["fid"] == m["fid"]["value"] and e["recall"] == m["pr"]["value"]["recall"]
         s = json.loads((out / slug / "invert" / "summary.json").read_text())
         assert e["invert"]["lpips_median"] == s["results"]["W"]["lpips"]["median"] and s["inverted"] == 2
-        assert sum(e["classes"]["fractions"]) == pytest.approx(1, abs=1e-3)
+        assert sum(e["classes"]["fractions"]) == pytest.approx(1, abs=1e-3) and e["lines_vs_test"] > 0
         assert e["fingerprint"] == Generator.from_pretrained(e["model"]).fingerprint()
     md = (out / "diagnosis.md").read_text()
     assert md.count("\n| rows summed | 8 | sum | 0.5 |") == 1 and "| row spread 0.1 | 8 | sum | 0.1 |" in md
