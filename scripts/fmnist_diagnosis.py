@@ -97,20 +97,14 @@ def diagnose(opts: dict[str, Any], log=print) -> dict[str, Any]:
                                        if k != "entry"},
                            "classifier": {"path": str(opts["classifier"]), "test_accuracy": clf_info["test_accuracy"]},
                            "entries": {}}
+    info = {}
+    # Classes and inversion of every entry first, then the FIDs (which share the cached real features).
     for label, model, run, kimg in entries:
         slug = "".join(c if c.isalnum() else "-" for c in label).strip("-")
         rec = model_record(Path(model))
         steps.inputs = {"model": rec["fingerprint"]}
         space = "W" if rec["overparam"] else "w+"
         mdir = out / slug
-        metrics = mdir / "metrics.json"
-        steps.run(f"{slug}-metrics", ["metrics", "--model", model, "--data", opts["train_data"], "--metrics", "fid,pr",
-                                      "--num", opts["num_fid"], "--num-real", opts["num_real"], "--seed", 0,
-                                      "--batch", opts["batch"], "--out", metrics, *dev], [metrics])
-        inv = mdir / "invert"
-        steps.run(f"{slug}-invert", ["invert", "--model", model, "--images", targets, "--space", space,
-                                     "--steps", opts["steps"], "--batch", opts["batch"], "--seed", 0,
-                                     "--outdir", inv, *dev], [inv / "summary.json"], clean=inv)
         classes_path = mdir / "classes.json"
         classes = _read_json(classes_path)
         if classes is None or classes.get("fingerprint") != rec["fingerprint"] or \
@@ -123,6 +117,18 @@ def diagnose(opts: dict[str, Any], log=print) -> dict[str, Any]:
                 pred = torch.cat([clf(images[i:i + 500]).argmax(1) for i in range(0, len(images), 500)])
             classes = {"fingerprint": rec["fingerprint"], **histogram(pred), "lines": axis_line_energy(images)}
             _write_json(classes_path, classes)
+        inv = mdir / "invert"
+        steps.run(f"{slug}-invert", ["invert", "--model", model, "--images", targets, "--space", space,
+                                     "--steps", opts["steps"], "--batch", opts["batch"], "--seed", 0,
+                                     "--outdir", inv, *dev], [inv / "summary.json"], clean=inv)
+        info[label] = (slug, rec, space, mdir, classes, inv)
+    for label, model, run, kimg in entries:
+        slug, rec, space, mdir, classes, inv = info[label]
+        steps.inputs = {"model": rec["fingerprint"]}
+        metrics = mdir / "metrics.json"
+        steps.run(f"{slug}-metrics", ["metrics", "--model", model, "--data", opts["train_data"], "--metrics", "fid,pr",
+                                      "--num", opts["num_fid"], "--num-real", opts["num_real"], "--seed", 0,
+                                      "--batch", opts["batch"], "--out", metrics, *dev], [metrics])
         m = _read_json(metrics)["metrics"]
         summary = _read_json(inv / "summary.json")
         res["entries"][label] = {
