@@ -100,6 +100,14 @@ def test_every_entry_gets_its_measurements_and_reruns_skip(world, monkeypatch):
     assert sum("skipped" in line for line in log) == 4  # 2 entries x (metrics, invert)
 
 
+def test_without_fid(world, tmp_path):
+    res = diag.diagnose(_opts(world, tmp_path / "nofid", num_fid=0), log=lambda m: None)
+    e = res["entries"]["rows summed"]
+    assert e["fid"] is None and e["recall"] is None and e["invert"]["lpips_median"] > 0
+    assert "| rows summed | 8 | sum | 0.5 | 0.9 | — | — | — |" in (tmp_path / "nofid" / "diagnosis.md").read_text()
+    assert not (tmp_path / "nofid" / "rows-summed" / "metrics.json").exists()
+
+
 def test_bad_entries_are_refused_before_any_work(world, tmp_path):
     label, model, run, _ = world["entries"][0]
     with pytest.raises(diag.ReproError, match="no tick at kimg 6"):
