@@ -158,18 +158,26 @@ def _summary_median(summary: dict[str, Any], space: str) -> float:
 
 
 def markdown(res: dict[str, Any]) -> str:
+    """The table; without FID (``--num-fid 0``) its three columns are left out."""
     o = res["options"]
-    lines = [f"| run | kimg | pl rows | row spread | style mixing | FID ({o['num_fid']} / {o['num_real']}) | precision "
-             f"| recall | KL to uniform | rarest class | never drawn | lines vs test | ADA p | inversion LPIPS (median, "
-             f"{o['num_invert']} test images, {o['steps']} steps) |",
-             "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: |"]
+    fid = bool(o["num_fid"])
+    head = ["run", "kimg", "pl rows", "row spread", "style mixing"]
+    if fid:
+        head += [f"FID ({o['num_fid']} / {o['num_real']})", "precision", "recall"]
+    head += ["KL to uniform", "rarest class", "never drawn", "lines vs test", "ADA p",
+             f"inversion LPIPS (median, {o['num_invert']} test images, {o['steps']} steps)"]
+    lines = ["| " + " | ".join(head) + " |",
+             "| --- | ---: | --- | ---: | ---: |" + (" ---: | ---: | ---: |" if fid else "")
+             + " ---: | --- | ---: | ---: | ---: | ---: |"]
     for label, e in res["entries"].items():
         s, c = e["settings"], e["classes"]
-        lines.append(f"| {label} | {e['kimg']:g} | {s['pl_rows']} | {s['generator.row_spread']} | "
-                     f"{s['style_mixing_prob']} | {_f(e['fid'], 2)} | {_f(e['precision'])} | {_f(e['recall'])} | "
-                     f"{c['kl_to_uniform']:.3f} | {c['rarest']['class']} {100 * c['rarest']['fraction']:.1f}% | "
-                     f"{len(c['missing'])} | {e['lines_vs_test']:.2f} | {e['ada_p']:.3f} | {e['invert']['lpips_median']:.4f} "
-                     f"({e['invert']['space']}) |")
+        cells = [label, f"{e['kimg']:g}", str(s["pl_rows"]), str(s["generator.row_spread"]), str(s["style_mixing_prob"])]
+        if fid:
+            cells += [_f(e["fid"], 2), _f(e["precision"]), _f(e["recall"])]
+        cells += [f"{c['kl_to_uniform']:.3f}", f"{c['rarest']['class']} {100 * c['rarest']['fraction']:.1f}%",
+                  str(len(c["missing"])), f"{e['lines_vs_test']:.2f}", f"{e['ada_p']:.3f}",
+                  f"{e['invert']['lpips_median']:.4f} ({e['invert']['space']})"]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
