@@ -73,24 +73,28 @@ def load_images(path: str | Path, num: int | None = None) -> torch.Tensor:
 
 def _load_split(path: str | Path) -> tuple[torch.Tensor, torch.Tensor, str]:
     """A built data set with labels -> (images in [-1, 1] [N, 1, H, W], labels [N], its images' sha256)."""
-    from opstylegan.data.dataset import ImageDataset, dataset_batches
+    from opstylegan.data.dataset import ImageDataset
 
     ds = ImageDataset(path)
     if ds.labels is None:
         raise SystemExit(f"{path} has no labels: build it from the IDX files with `opstylegan dataset`")
     if ds.image_shape[0] != 1:
         raise SystemExit(f"{path} has {ds.image_shape[0]} channels; the classifier takes grayscale images")
-    images = torch.cat(list(dataset_batches(ds, len(ds), 1000))).float() / 127.5 - 1  # uint8 -> [-1, 1]
+    images = load_images(path)
     labels = torch.from_numpy(np.asarray(ds.labels)).long()
     meta = json.loads((Path(path) / "dataset.json").read_text())
     return images, labels, meta.get("sha256", {}).get("images.npy", "")
 
 
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 500) -> float:
+def predict(model: nn.Module, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """Predicted classes of images in [-1, 1] [N, 1, H, W], [N]."""
     model.eval()
     with torch.no_grad():
-        pred = torch.cat([model(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
-    return float((pred == labels).float().mean())
+        return torch.cat([model(images[i:i + batch]).argmax(1) for i in range(0, len(images), batch)])
+
+
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: int = 500) -> float:
+    return float((predict(model, images, batch) == labels).float().mean())
 
 
 def train_classifier(train_images: torch.Tensor, train_labels: torch.Tensor, *, epochs: int = 3,
@@ -154,13 +158,7 @@ def histogram(labels: torch.Tensor, num_classes: int = 10) -> dict[str, Any]:
 def classify_generator(classifier: nn.Module, G: Any, num: int, *, seed: int = 0, batch: int = 250,
                        truncation_psi: float = 1.0) -> torch.Tensor:
     """Predicted classes of G's images for seeds seed .. seed + num - 1, [num]."""
-    out = []
-    with torch.no_grad():
-        for start in range(seed, seed + num, batch):
-            seeds = list(range(start, min(start + batch, seed + num)))
-            img = G(G.z_from_seeds(seeds), truncation_psi=truncation_psi).clamp(-1, 1)
-            out.append(classifier(img).argmax(1))
-    return torch.cat(out)
+    return predict(classifier, generated_images(G, num, seed=seed, batch=batch, truncation_psi=truncation_psi))
 
 
 def axis_line_energy(images: torch.Tensor, min_freq: int = 6) -> float:
@@ -182,12 +180,14 @@ def axis_line_energy(images: torch.Tensor, min_freq: int = 6) -> float:
     return float(power[axis].sum() / power[high].sum())
 
 
-def generated_images(G: Any, num: int, *, seed: int = 0, batch: int = 250) -> torch.Tensor:
+def generated_images(G: Any, num: int, *, seed: int = 0, batch: int = 250,
+                     truncation_psi: float = 1.0) -> torch.Tensor:
     """G's images for seeds seed .. seed + num - 1, [num, C, H, W] in [-1, 1]."""
     out = []
     with torch.no_grad():
         for start in range(seed, seed + num, batch):
-            out.append(G(G.z_from_seeds(list(range(start, min(start + batch, seed + num))))).clamp(-1, 1))
+            seeds = list(range(start, min(start + batch, seed + num)))
+            out.append(G(G.z_from_seeds(seeds), truncation_psi=truncation_psi).clamp(-1, 1))
     return torch.cat(out)
 
 
@@ -236,8 +236,7 @@ def _cmd_histogram(args: argparse.Namespace) -> None:
                               "truncation_psi": args.trunc, "models": {}}
     if args.reference:
         xt, _, _ = _load_split(args.reference)
-        with torch.no_grad():
-            pred = torch.cat([clf(xt[i:i + 500]).argmax(1) for i in range(0, len(xt), 500)])
+        pred = predict(clf, xt)
         result["reference"] = {"path": str(args.reference), **histogram(pred)}
     for m in args.model:
         G = load_generator(m, torch.device("cpu")).eval()

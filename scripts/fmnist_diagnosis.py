@@ -36,7 +36,8 @@ import click
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fmnist_coverage import axis_line_energy, generated_images, histogram, load_classifier, load_images  # noqa: E402
+from fmnist_coverage import (axis_line_energy, generated_images, histogram, load_classifier, load_images,  # noqa: E402
+                             predict)
 from reproduce_fmnist import (ReproError, StepRunner, _f, _read_json, _write_json, dataset_record,  # noqa: E402
                               export_test_images, model_record, read_stats)
 
@@ -113,8 +114,7 @@ def diagnose(opts: dict[str, Any], log=print) -> dict[str, Any]:
 
             G = Generator.from_pretrained(model, device="cpu").eval()
             images = generated_images(G, opts["num_classes"], seed=0)
-            with torch.no_grad():
-                pred = torch.cat([clf(images[i:i + 500]).argmax(1) for i in range(0, len(images), 500)])
+            pred = predict(clf, images)
             classes = {"fingerprint": rec["fingerprint"], **histogram(pred), "lines": axis_line_energy(images)}
             _write_json(classes_path, classes)
         inv = mdir / "invert"
