@@ -13,6 +13,14 @@ Speed: the median over ``--reps`` timed calls of ``encode`` after 2 warm-up call
 images repeated to 32), in ms per image and images/s, with the thread count and the machine's load average.
 Figures are written to ``--out`` (JSON) after every configuration, so a stopped run keeps what it measured.
 
+``--outdir DIR`` runs every configuration as a resumable ``opstylegan invert`` run folder under DIR (one per
+configuration, latents and per-image figures kept, a stopped benchmark resumes where it was): the issue's
+protocol, the first 100 test images, with the paper's 1000 steps from w_avg as ``--reference-steps``:
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_encoder.py --model fmnist32-overparam --images data/targets \
+        --num 100 --steps 25,50,100,200 --reference-steps 1000 --ablation-steps 0 --batch 50 \
+        --outdir out/bench-W --out out/bench_encoder_W.json
+
 ``--paper-size`` times an untrained encoder of the paper's configuration instead (256 px RGB, W with R = 512,
 C = 512; speed depends on the architecture only) at batch 1 and 8:
 
@@ -63,6 +71,12 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--skip-quality", action="store_true", help="speed only")
     p.add_argument("--paper-size", action="store_true", help="speed of a 256 px, R = 512 encoder only")
+    p.add_argument("--reference-steps", default="",
+                   help="step counts run from w_avg only, e.g. 1000 (the paper's protocol)")
+    p.add_argument("--num", type=int, default=0, help="the first N images only [default: all]")
+    p.add_argument("--outdir", type=Path, default=None,
+                   help="run each configuration as a resumable invert run folder under this folder")
+    p.add_argument("--batch", type=int, default=50, help="images per chunk with --outdir")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args()
 
@@ -89,7 +103,10 @@ def main() -> None:
     G = Generator.from_pretrained(model_dir)
     enc_path = Path(args.encoder) if args.encoder else model_encoder_path(model_dir)
     E = load_encoder(enc_path, G)
-    x = torch.cat([load_target(it, G) for it in collect_images([args.images])])
+    items = collect_images([args.images])
+    if args.num:
+        items = items[:args.num]
+    x = torch.cat([load_target(it, G) for it in items])
     out: dict[str, Any] = {"model": str(args.model), "encoder": str(enc_path), "images": args.images, "n": len(x),
                            "space": E.space, "threads": torch.get_num_threads(),
                            "encoder_parameters": sum(p.numel() for p in E.parameters())}
@@ -115,14 +132,36 @@ def main() -> None:
 
     def run(name: str, **kw: Any) -> None:
         t = time.perf_counter()
-        res = invert(G, x, E.space, lpips=lpips, fingerprint=fp, **kw)
-        rows[name] = {**summary(res), "seconds": time.perf_counter() - t}
+        if args.outdir is None:
+            res = invert(G, x, E.space, lpips=lpips, fingerprint=fp, **kw)
+            rows[name] = {**summary(res), "seconds": time.perf_counter() - t}
+        else:
+            rows[name] = run_folder(name, **kw)
+            # a run resumed from finished chunks did not take its whole time here
+            rows[name]["seconds"] = time.perf_counter() - t if not rows[name]["reused_images"] else None
         save()
+
+    def run_folder(name: str, **kw: Any) -> dict[str, Any]:
+        from opstylegan.inversion.projector import InversionOptions
+        from opstylegan.inversion.runs import invert_images
+
+        if kw.get("encoder") is not None:
+            kw["encoder"] = str(enc_path.resolve())
+        folder = args.outdir / name.replace(" + ", "+").replace(", ", "-").replace(" ", "-")
+        summ = invert_images(G, items, [E.space], folder, InversionOptions(**kw), batch=args.batch, lpips=lpips,
+                             model_source=str(args.model), on_error="fail")
+        assert summ is not None
+        r = summ["results"][E.space]
+        return {"lpips_median": r["lpips"]["median"], "lpips_q1": r["lpips"]["q1"], "lpips_q3": r["lpips"]["q3"],
+                "psnr_median": r["psnr"]["median"], "folder": str(folder), "reused_images": summ["reused_images"],
+                "per_image_lpips": [v["lpips"] for v in r["per_image"].values()]}
 
     steps = [int(s) for s in args.steps.split(",") if s]
     run("encoder alone", init="encoder", encoder=E, steps=0)
     for s in steps:
         run(f"encoder + {s} steps", init="encoder", encoder=E, steps=s)
+        run(f"w_avg, {s} steps", steps=s)
+    for s in [int(s) for s in args.reference_steps.split(",") if s]:
         run(f"w_avg, {s} steps", steps=s)
     if args.ablation_steps:
         s = args.ablation_steps
