@@ -73,6 +73,10 @@ def main() -> None:
     p.add_argument("--paper-size", action="store_true", help="speed of a 256 px, R = 512 encoder only")
     p.add_argument("--reference-steps", default="",
                    help="step counts run from w_avg only, e.g. 1000 (the paper's protocol)")
+    p.add_argument("--encoder-steps", default="", help="step counts run from the encoder only")
+    p.add_argument("--add-run", nargs=2, action="append", default=[], metavar=("STEPS", "FOLDER"),
+                   help="add an existing `opstylegan invert` run folder of the same images, started at w_avg with "
+                        "STEPS steps and the default protocol (e.g. table 2's), as the row 'w_avg, STEPS steps'")
     p.add_argument("--num", type=int, default=0, help="the first N images only [default: all]")
     p.add_argument("--outdir", type=Path, default=None,
                    help="run each configuration as a resumable invert run folder under this folder")
@@ -151,6 +155,9 @@ def main() -> None:
         summ = invert_images(G, items, [E.space], folder, InversionOptions(**kw), batch=args.batch, lpips=lpips,
                              model_source=str(args.model), on_error="fail")
         assert summ is not None
+        return row_of(summ, folder)
+
+    def row_of(summ: dict[str, Any], folder: Path) -> dict[str, Any]:
         r = summ["results"][E.space]
         return {"lpips_median": r["lpips"]["median"], "lpips_q1": r["lpips"]["q1"], "lpips_q3": r["lpips"]["q3"],
                 "psnr_median": r["psnr"]["median"], "folder": str(folder), "reused_images": summ["reused_images"],
@@ -161,8 +168,19 @@ def main() -> None:
     for s in steps:
         run(f"encoder + {s} steps", init="encoder", encoder=E, steps=s)
         run(f"w_avg, {s} steps", steps=s)
+    for s in [int(s) for s in args.encoder_steps.split(",") if s]:
+        run(f"encoder + {s} steps", init="encoder", encoder=E, steps=s)
     for s in [int(s) for s in args.reference_steps.split(",") if s]:
         run(f"w_avg, {s} steps", steps=s)
+    for s, folder in args.add_run:
+        summ = json.loads((Path(folder) / "summary.json").read_text())
+        o, done = summ["options"], summ["results"].get(E.space, {}).get("images")
+        same = {"steps": int(s), "init": "w_avg", "lr": 0.05, "reg_strength": 0.9, "reg_until": 0.5, "loss": "lpips"}
+        if summ["fingerprint"] != fp or any(o.get(k) != v for k, v in same.items()) or done != len(items):
+            raise SystemExit(f"{folder}: not a finished {s}-step run from w_avg of these {len(items)} images in "
+                             f"{E.space} with this model and the default protocol")
+        rows[f"w_avg, {s} steps"] = {**row_of(summ, Path(folder)), "seconds": None, "added_from": str(folder)}
+        save()
     if args.ablation_steps:
         s = args.ablation_steps
         run(f"encoder + {s} steps, pull toward w_avg", init="encoder", encoder=E, steps=s, reg_toward="w_avg")
