@@ -163,19 +163,25 @@ def main() -> None:
                 "psnr_median": r["psnr"]["median"], "folder": str(folder), "reused_images": summ["reused_images"],
                 "per_image_lpips": [v["lpips"] for v in r["per_image"].values()]}
 
-    steps = [int(s) for s in args.steps.split(",") if s]
+    def step_list(text: str) -> list[int]:
+        return [int(s) for s in text.split(",") if s]
+
+    steps = step_list(args.steps)
     run("encoder alone", init="encoder", encoder=E, steps=0)
     for s in steps:
         run(f"encoder + {s} steps", init="encoder", encoder=E, steps=s)
         run(f"w_avg, {s} steps", steps=s)
-    for s in [int(s) for s in args.encoder_steps.split(",") if s]:
+    for s in step_list(args.encoder_steps):
         run(f"encoder + {s} steps", init="encoder", encoder=E, steps=s)
-    for s in [int(s) for s in args.reference_steps.split(",") if s]:
+    for s in step_list(args.reference_steps):
         run(f"w_avg, {s} steps", steps=s)
     for s, folder in args.add_run:
         summ = json.loads((Path(folder) / "summary.json").read_text())
         o, done = summ["options"], summ["results"].get(E.space, {}).get("images")
-        same = {"steps": int(s), "init": "w_avg", "lr": 0.05, "reg_strength": 0.9, "reg_until": 0.5, "loss": "lpips"}
+        from opstylegan.inversion.projector import InversionOptions
+
+        protocol = InversionOptions(steps=int(s)).to_dict()  # the defaults: the paper's protocol from w_avg
+        same = {k: protocol[k] for k in ("steps", "init", "lr", "reg_strength", "reg_until", "loss")}
         if summ["fingerprint"] != fp or any(o.get(k) != v for k, v in same.items()) or done != len(items):
             raise SystemExit(f"{folder}: not a finished {s}-step run from w_avg of these {len(items)} images in "
                              f"{E.space} with this model and the default protocol")

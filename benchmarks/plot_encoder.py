@@ -68,6 +68,7 @@ def plot_grid(bench: dict[str, Any], targets: Path, path: Path, num: int) -> Non
     import matplotlib.pyplot as plt
 
     from opstylegan.data.images import load_image
+    from opstylegan.inversion.runs import SPACE_DIRS
 
     rows = bench["quality"]
     cols = [c for c in GRID_COLUMNS if c in rows]
@@ -78,9 +79,7 @@ def plot_grid(bench: dict[str, Any], targets: Path, path: Path, num: int) -> Non
     for j, name in enumerate(names):  # one column per image, one row per start / step count
         imgs = [load_image(targets / name)]
         for c in cols:
-            folder = Path(rows[c]["folder"])
-            sub = next(p for p in folder.iterdir() if p.is_dir() and p.name != "partial")
-            imgs.append(load_image(sub / name))
+            imgs.append(load_image(Path(rows[c]["folder"]) / SPACE_DIRS[bench["space"]] / name))
         for i, img in enumerate(imgs):
             ax = axes[i][j]
             ax.imshow(img.squeeze(), cmap="gray", vmin=0, vmax=255)
