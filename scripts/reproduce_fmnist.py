@@ -290,42 +290,45 @@ def run_table2(opts: Options, steps: StepRunner) -> None:
     for name, model in opts.models().items():
         _invert(opts, steps, f"table2-invert-{name}", model, targets, MODEL_SPACES[name],
                 opts.outdir / "table2" / name)
-    runs = {name: opts.outdir / "table2" / name for name in MODEL_SPACES}
+    runs = space_runs({name: opts.outdir / "table2" / name for name in MODEL_SPACES})
     _write_json(opts.outdir / "table2" / "unseen_measures.json", unseen_measures(targets, runs, opts.device))
     combine_curves(runs, opts.outdir / "table2" / "fig6.png", opts.outdir / "table2" / "fig6_curves.csv",
                    title=f"Fashion-MNIST test, {opts.num_invert} images: LPIPS per step (median, Q1-Q3)")
     inversion_grid(targets, runs, opts.outdir / "table2" / "grid.png")
 
 
+def space_runs(runs: dict[str, Path]) -> dict[str, Path]:
+    """{model name: invert run folder holding that model's spaces} -> {space: run folder}."""
+    return {space: run for name, run in runs.items() for space in MODEL_SPACES[name]}
+
+
 def unseen_measures(targets: Path, runs: dict[str, Path], device: str = "cpu") -> dict[str, Any]:
     """Reconstruction judged by measures the projector did not minimise (it minimises LPIPS-VGG): LPIPS-AlexNet
     (same 256 px resize as the projector's VGG) and PSNR, per image and as median / Q1 / Q3 per space, from the
-    saved reconstructions (PNG, as a user gets them) against the target PNGs."""
+    saved reconstructions (PNG, as a user gets them) against the target PNGs. ``runs``: {space: invert run}."""
     from opstylegan.cli.common import resolve_device
     from opstylegan.metrics.lpips import LPIPS
 
     dev = resolve_device(device)
     alex = LPIPS("alex", resize_to=256).to(dev).eval()
     out: dict[str, Any] = {"measures": "LPIPS-AlexNet (resize 256) and PSNR (dB, images in [0, 1]) of the PNGs"}
-    for name, run in runs.items():
-        for space in MODEL_SPACES[name]:
-            stems = sorted(p.stem for p in (run / SPACE_DIRS[space]).glob("*.png") if (targets / p.name).is_file())
-            if not stems:
-                continue
-            tgt = torch.stack([torch.from_numpy(np.array(_load_gray(targets / f"{s}.png"))) for s in stems])
-            rec = torch.stack([torch.from_numpy(np.array(_load_gray(run / SPACE_DIRS[space] / f"{s}.png")))
-                               for s in stems])  # [N, H, W, 1] uint8
-            t = tgt.permute(0, 3, 1, 2).float() / 127.5 - 1  # [N, 1, H, W] in [-1, 1]
-            r = rec.permute(0, 3, 1, 2).float() / 127.5 - 1
-            with torch.no_grad():
-                lp = torch.cat([alex(t[i:i + 50].to(dev), r[i:i + 50].to(dev)).flatten().cpu()
-                                for i in range(0, len(t), 50)])
-            mse = ((t - r) / 2).square().flatten(1).mean(1)
-            psnr = 10 * torch.log10(1 / mse.clamp_min(1e-10))
-            out[space] = {"model": name, "images": len(stems),
-                          "lpips_alex": _quartiles(lp), "psnr": _quartiles(psnr),
-                          "per_image": {s: {"lpips_alex": float(a), "psnr": float(b)}
-                                        for s, a, b in zip(stems, lp, psnr, strict=True)}}
+    for space, run in runs.items():
+        stems = sorted(p.stem for p in (run / SPACE_DIRS[space]).glob("*.png") if (targets / p.name).is_file())
+        if not stems:
+            continue
+        tgt = torch.stack([torch.from_numpy(np.array(_load_gray(targets / f"{s}.png"))) for s in stems])
+        rec = torch.stack([torch.from_numpy(np.array(_load_gray(run / SPACE_DIRS[space] / f"{s}.png")))
+                           for s in stems])  # [N, H, W, 1] uint8
+        t = tgt.permute(0, 3, 1, 2).float() / 127.5 - 1  # [N, 1, H, W] in [-1, 1]
+        r = rec.permute(0, 3, 1, 2).float() / 127.5 - 1
+        with torch.no_grad():
+            lp = torch.cat([alex(t[i:i + 50].to(dev), r[i:i + 50].to(dev)).flatten().cpu()
+                            for i in range(0, len(t), 50)])
+        mse = ((t - r) / 2).square().flatten(1).mean(1)
+        psnr = 10 * torch.log10(1 / mse.clamp_min(1e-10))
+        out[space] = {"run": str(run), "images": len(stems), "lpips_alex": _quartiles(lp), "psnr": _quartiles(psnr),
+                      "per_image": {s: {"lpips_alex": float(a), "psnr": float(b)}
+                                    for s, a, b in zip(stems, lp, psnr, strict=True)}}
     return out
 
 
@@ -334,8 +337,9 @@ def _quartiles(v: torch.Tensor) -> dict[str, float]:
     return {"q1": q[0], "median": q[1], "q3": q[2]}
 
 
-def free_parameters(model: Path) -> dict[str, int]:
-    """Free numbers of each inversion space of a model (e.g. W = R x C, w+ = layers x C)."""
+def free_parameters(model: str | Path) -> dict[str, int]:
+    """Free numbers of each inversion space of a model (a folder or a shipped model's name; e.g. W = R x C, w+ =
+    layers x C)."""
     from opstylegan import Generator
 
     G = Generator.from_pretrained(model, device="cpu")
@@ -413,8 +417,8 @@ def run_ood(opts: Options, steps: StepRunner) -> None:
     for name, model in opts.models().items():
         runs[name] = opts.outdir / "ood" / name
         _invert(opts, steps, f"ood-invert-{name}", model, Path(opts.ood), MODEL_SPACES[name], runs[name])
-    inversion_grid(Path(opts.ood), runs, opts.outdir / "ood" / "grid.png")
-    combine_curves(runs, opts.outdir / "ood" / "curves.png", opts.outdir / "ood" / "curves.csv",
+    inversion_grid(Path(opts.ood), space_runs(runs), opts.outdir / "ood" / "grid.png")
+    combine_curves(space_runs(runs), opts.outdir / "ood" / "curves.png", opts.outdir / "ood" / "curves.csv",
                    title=f"Out of distribution ({Path(opts.ood).name}): LPIPS per step (median, Q1-Q3)")
 
 
@@ -446,12 +450,16 @@ def read_per_image_curves(csv_path: Path) -> dict[str, torch.Tensor]:
 
 
 def combine_curves(runs: dict[str, Path], png: Path, csv_path: Path, *, title: str) -> dict[str, torch.Tensor]:
-    """One fig. 6 plot (median + Q1-Q3 band per step) of every space of every invert run, and its CSV."""
+    """One fig. 6 plot (median + Q1-Q3 band per step) of each space's curves, and its CSV. ``runs``: {space:
+    the invert run holding it}; runs may differ in their number of steps."""
     from opstylegan.inversion.curves import plot_lpips_curves, write_curves_csv
 
     curves: dict[str, torch.Tensor] = {}
-    for run in runs.values():
-        curves.update(read_per_image_curves(run / "lpips_per_image.csv"))
+    for space, run in runs.items():
+        own = read_per_image_curves(run / "lpips_per_image.csv")
+        if space not in own:
+            raise ReproError(f"{run / 'lpips_per_image.csv'} has no {space} curves (it has {', '.join(own)})")
+        curves[space] = own[space]
     write_curves_csv(csv_path, curves)
     plot_lpips_curves(png, curves, title=title)
     return curves
@@ -464,11 +472,12 @@ def _load_gray(path: Path) -> np.ndarray:
 
 
 def inversion_grid(targets: Path, runs: dict[str, Path], png: Path, max_rows: int = GRID_MAX_ROWS) -> None:
-    """Rows = the first ``max_rows`` targets; columns = target | w | w+ | W | W+ reconstructions (1 px gaps)."""
+    """Rows = the first ``max_rows`` targets; columns = target, then the reconstruction of each space of ``runs``
+    ({space: invert run}, e.g. w | w+ | W | W+); 1 px gaps."""
     from opstylegan.data.images import center_crop_resize, save_image
 
     stems = sorted(p.stem for p in targets.iterdir() if p.suffix.lower() == ".png")[:max_rows]
-    columns = [(run, SPACE_DIRS[s]) for name, run in runs.items() for s in MODEL_SPACES[name]]
+    columns = [(run, SPACE_DIRS[s]) for s, run in runs.items()]
     rows = []
     for stem in stems:
         recon = [_load_gray(run / d / f"{stem}.png") for run, d in columns]

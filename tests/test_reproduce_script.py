@@ -26,18 +26,19 @@ from opstylegan.data.build import build_dataset
 from opstylegan.data.images import save_image
 from opstylegan.models.generator import Generator
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "reproduce_fmnist.py"
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("reproduce_fmnist", SCRIPT)
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
 
-repro = _load_script()
+repro = _load_script("reproduce_fmnist")
+inversion_report = _load_script("inversion_report")
 
 
 class MeanPool:
@@ -171,6 +172,59 @@ def test_fig6_combines_the_invert_runs_curves(first_run):
         for row_c, row_o in zip(combined, own, strict=True):
             for col, v in row_o.items():
                 assert float(row_c[col]) == pytest.approx(float(v), abs=2e-6), (name, col)
+
+
+def test_inversion_report_gathers_separate_runs_into_table2(first_run, tmp_path):
+    out, res, _ = first_run
+    targets, t2 = out / "data" / "targets", out / "table2"
+    runs = {"w+": t2 / "baseline", "W": t2 / "overparam", "W+": t2 / "overparam"}
+    rep = inversion_report.report(targets, runs, tmp_path / "rep")
+    assert list(rep["spaces"]) == ["w+", "W", "W+"] and rep["images"] == ["test-00000", "test-00001", "test-00002"]
+    for space, r in rep["spaces"].items():  # the same figures as the reproduction's own table 2
+        own = res["parts"]["table2"][space]
+        assert (r["steps"], r["images"], r["free_numbers"]) == (own["steps"], 3, own["free_parameters"])
+        assert r["lpips_vgg"]["median"] == pytest.approx(own["lpips"]["median"], abs=1e-6)
+        assert r["lpips_alex"] == pytest.approx(own["lpips_alex"]) and r["psnr"] == pytest.approx(own["psnr_png"])
+    # Pairs: consecutive spaces, counts of images each way (ties dropped), exact sign test.
+    assert [(p["a"], p["b"]) for p in rep["pairs"]] == [("w+", "W"), ("W", "W+")]
+    w, wp = rep["spaces"]["W"]["per_image"], rep["spaces"]["W+"]["per_image"]
+    assert rep["pairs"][1]["psnr"]["b_better"] == sum(wp[n]["psnr"] > w[n]["psnr"] for n in w)
+    assert rep["pairs"][1]["lpips_vgg"]["b_better"] == sum(wp[n]["lpips_vgg"] < w[n]["lpips_vgg"] for n in w)
+    assert np.asarray(Image.open(tmp_path / "rep" / "grid.png")).shape == (3 * 33 - 1, 4 * 33 - 1)
+    with open(tmp_path / "rep" / "fig6_curves.csv") as f:
+        assert list(csv.DictReader(f))[0].keys() >= {"w+_median", "W_median", "W+_median"}
+    assert "| W+ | " in (tmp_path / "rep" / "report.md").read_text()
+    # Runs that do not fit are refused, naming the problem.
+    with pytest.raises(inversion_report.ReproError, match="holds the spaces w, w\\+, not W"):
+        inversion_report.report(targets, {"W": t2 / "baseline"}, tmp_path / "x")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(inversion_report.ReproError, match="images that are not in .*empty: test-00000"):
+        inversion_report.report(tmp_path / "empty", {"w": t2 / "baseline"}, tmp_path / "x")
+    fewer = json.loads((t2 / "overparam" / "summary.json").read_text())  # a run of 2 of the 3 images
+    fewer["results"]["W"]["per_image"].popitem()
+    (tmp_path / "fewer").mkdir()
+    (tmp_path / "fewer" / "summary.json").write_text(json.dumps(fewer))
+    with pytest.raises(inversion_report.ReproError, match="the W run .*fewer.* inverted 2 other images than the w"):
+        inversion_report.report(targets, {"w": t2 / "baseline", "W": tmp_path / "fewer"}, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_inversion_report_cli_refuses_a_bad_run_option(tmp_path):
+    from click.testing import CliRunner
+
+    r = CliRunner().invoke(inversion_report.main, ["--targets", str(tmp_path), "--run", "V=somewhere",
+                                                   "--outdir", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "'V=somewhere': expected SPACE=FOLDER with SPACE one of w, w+, W, W+" in r.output
+    r = CliRunner().invoke(inversion_report.main, ["--targets", str(tmp_path), "--run", "W=a", "--run", "W=b",
+                                                   "--outdir", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "each space may be given once" in r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_sign_test_is_exact():
+    assert inversion_report.sign_test(5, 0) == pytest.approx(2 / 32)
+    assert inversion_report.sign_test(3, 3) == 1.0 and inversion_report.sign_test(0, 0) == 1.0
+    assert inversion_report.sign_test(1, 9) == pytest.approx(2 * (1 + 10) / 1024)
 
 
 def test_table4_averages_common_ticks_without_the_first(first_run):
