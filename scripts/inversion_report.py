@@ -26,6 +26,8 @@ from typing import Any
 import click
 import torch
 
+from opstylegan.io.atomic import write_text
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from reproduce_fmnist import (  # noqa: E402  (the sibling script, imported from its folder)
     SPACE_DIRS, ReproError, _quartiles, combine_curves, free_parameters, inversion_grid, unseen_measures)
@@ -104,12 +106,16 @@ def report(targets: Path, runs: dict[str, Path], outdir: Path, device: str = "cp
             wins, losses = int((diff > 0).sum()), int((diff < 0).sum())
             row[m] = {"b_better": wins, "a_better": losses, "sign_test_p": sign_test(wins, losses)}
         pairs.append(row)
-    combine_curves(runs, outdir / "fig6.png", outdir / "fig6_curves.csv",
-                   title=f"{len(images[first])} images: LPIPS per step (median, Q1-Q3)")
+    steps = {space: r["steps"] for space, r in info.items()}
+    n = len(images[first])
+    title = f"LPIPS per step, {n} images (median, Q1-Q3)"
+    if len(set(steps.values())) > 1:  # runs of different lengths: say which is which
+        title = f"LPIPS per step, {n} images; steps {'/'.join(steps)} = {'/'.join(map(str, steps.values()))}"
+    combine_curves(runs, outdir / "fig6.png", outdir / "fig6_curves.csv", title=title)
     inversion_grid(targets, runs, outdir / "grid.png")
     res = {"format": 1, "targets": str(targets), "images": images[first], "spaces": spaces, "pairs": pairs}
-    (outdir / "report.json").write_text(json.dumps(res, indent=1) + "\n")
-    (outdir / "report.md").write_text(render(res))
+    write_text(outdir / "report.json", json.dumps(res, indent=1) + "\n")
+    write_text(outdir / "report.md", render(res))
     return res
 
 
