@@ -131,16 +131,19 @@ class StepRunner:
     inputs: dict[str, str] = field(default_factory=dict)
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def run(self, name: str, argv: Sequence[str], outputs: Sequence[Path], clean: Path | None = None) -> dict:
-        """Run ``opstylegan argv`` unless its record says it already ran with this exact command and ``outputs``
-        all exist. ``clean`` (a folder under ``out``) is deleted first when the step has to be (re)run."""
+    def run(self, name: str, argv: Sequence[str], outputs: Sequence[Path], clean: Path | None = None,
+            reads: Sequence[Path] = ()) -> dict:
+        """Run ``opstylegan argv`` unless its record says it already ran with this exact command, the same
+        ``reads`` (folders the script exported, e.g. the target images: their file names) and ``outputs`` all
+        exist. ``clean`` (a folder under ``out``) is deleted first when the step has to be (re)run."""
         argv = [str(a) for a in argv]
         record_path = self.out / "steps" / f"{name}.json"
         command = shlex.join(["opstylegan", *argv])
+        listing = {str(folder): sorted(f.name for f in Path(folder).iterdir()) for folder in reads}
         if record_path.is_file():
             rec = json.loads(record_path.read_text())
             if rec.get("command") == command and rec.get("inputs") == self.inputs and \
-                    all(Path(p).exists() for p in outputs):
+                    rec.get("reads", {}) == listing and all(Path(p).exists() for p in outputs):
                 self.log(f"[{name}] done before ({rec['elapsed_s']:.1f} s), skipped")
                 self.records[name] = rec
                 return rec
@@ -165,7 +168,8 @@ class StepRunner:
         missing = [str(p) for p in outputs if not Path(p).exists()]
         if missing:
             raise ReproError(f"step {name!r} finished but did not write {', '.join(missing)}\n  command: {command}")
-        rec = {"name": name, "command": command, "argv": argv, "inputs": self.inputs, "elapsed_s": round(elapsed, 2),
+        rec = {"name": name, "command": command, "argv": argv, "inputs": self.inputs, "reads": listing,
+               "elapsed_s": round(elapsed, 2),
                "finished_utc": _utc_now(), "threads": torch.get_num_threads()}
         _write_json(record_path, rec)
         self.records[name] = rec
@@ -280,7 +284,7 @@ def _invert(opts: Options, steps: StepRunner, name: str, model: Path, images: Pa
             outdir: Path) -> None:
     steps.run(name, ["invert", "--model", model, "--images", images, "--space", ",".join(spaces), "--steps",
                      opts.steps, "--batch", opts.batch, "--seed", 0, "--outdir", outdir, *_dev(opts)],
-              [outdir / "summary.json", outdir / "lpips_per_image.csv"], clean=outdir)
+              [outdir / "summary.json", outdir / "lpips_per_image.csv"], clean=outdir, reads=[images])
 
 
 def run_table2(opts: Options, steps: StepRunner) -> None:
@@ -363,7 +367,8 @@ def run_table3(opts: Options, steps: StepRunner) -> None:
         pairs = [] if opts.max_pairs is None else ["--max-pairs", opts.max_pairs]
         argv = ["interpolate", "metrics", "--model", opts.models()[name], "--latents", latents, "--reference",
                 reference, "--segments", 5, *pairs, "--batch", 8, "--outdir", outdir, *_dev(opts)]
-        steps.run(f"table3-{name}-{SPACE_DIRS[space]}", argv, [outdir / "editability.json"], clean=outdir)
+        steps.run(f"table3-{name}-{SPACE_DIRS[space]}", argv, [outdir / "editability.json"], clean=outdir,
+                  reads=[latents, reference])
 
 
 def _first_latents(folder: Path, count: int, dest: Path) -> Path:
@@ -393,7 +398,7 @@ def run_pulse(opts: Options, steps: StepRunner) -> None:
             steps.run(f"pulse-{name}-x{factor}", ["upsample", "--model", model, "--images", targets, "--factor",
                                                   factor, "--space", NATIVE_SPACE[name], "--steps", opts.steps,
                                                   "--batch", opts.batch, "--outdir", outdir, *_dev(opts)],
-                      [outdir / "pulse.json"], clean=outdir)
+                      [outdir / "pulse.json"], clean=outdir, reads=[targets])
     pulse_grid(targets, opts.outdir / "pulse", opts.pulse_factors, opts.outdir / "pulse" / "grid.png")
 
 

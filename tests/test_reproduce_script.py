@@ -265,6 +265,12 @@ def test_second_run_skips_and_a_changed_option_reruns_only_its_steps(first_run, 
     with open(out / "table2" / "fig6_curves.csv") as f:
         assert len(list(csv.DictReader(f))) == 3
     assert json.loads((out / "results.json").read_text())["parts"]["table2"]["W"]["steps"] == 3
+    # Fewer targets: same commands, but the exported folder changed, so the inversions are re-run.
+    log_n: list[str] = []
+    repro.reproduce(_opts(world, out, steps=3, num_invert=2, parts=("table2",)), log=log_n.append)
+    assert sorted(m.split("]")[0][1:] for m in log_n if "finished in" in m) == \
+        ["table2-invert-baseline", "table2-invert-overparam"]
+    assert json.loads((out / "results.json").read_text())["parts"]["table2"]["W"]["images"] == 2
     # A snapshot folder overwritten with other weights: same commands, but the steps are re-run.
     torch.manual_seed(7)
     Generator(tiny(overparam=True)).eval().save_pretrained(world["models"]["overparam"])
