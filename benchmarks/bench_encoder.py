@@ -98,7 +98,8 @@ def main() -> None:
         args.out.write_text(json.dumps(res, indent=2) + "\n")
         return
     from opstylegan.inversion import invert
-    from opstylegan.inversion.runs import collect_images, load_target
+    from opstylegan.inversion.projector import InversionOptions
+    from opstylegan.inversion.runs import collect_images, invert_images, load_target
     from opstylegan.metrics.lpips import LPIPS
     from opstylegan.models.generator import Generator
     from opstylegan.pretrained import resolve_model
@@ -146,9 +147,6 @@ def main() -> None:
         save()
 
     def run_folder(name: str, **kw: Any) -> dict[str, Any]:
-        from opstylegan.inversion.projector import InversionOptions
-        from opstylegan.inversion.runs import invert_images
-
         if kw.get("encoder") is not None:
             kw["encoder"] = str(enc_path.resolve())
         folder = args.outdir / name.replace(" + ", "+").replace(", ", "-").replace(" ", "-")
@@ -178,8 +176,6 @@ def main() -> None:
     for s, folder in args.add_run:
         summ = json.loads((Path(folder) / "summary.json").read_text())
         o, done = summ["options"], summ["results"].get(E.space, {}).get("images")
-        from opstylegan.inversion.projector import InversionOptions
-
         protocol = InversionOptions(steps=int(s)).to_dict()  # the defaults: the paper's protocol from w_avg
         same = {k: protocol[k] for k in ("steps", "init", "lr", "reg_strength", "reg_until", "loss")}
         if summ["fingerprint"] != fp or any(o.get(k) != v for k, v in same.items()) or done != len(items):

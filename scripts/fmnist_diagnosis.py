@@ -120,7 +120,7 @@ def diagnose(opts: dict[str, Any], log=print) -> dict[str, Any]:
         inv = mdir / "invert"
         steps.run(f"{slug}-invert", ["invert", "--model", model, "--images", targets, "--space", space,
                                      "--steps", opts["steps"], "--batch", opts["batch"], "--seed", 0,
-                                     "--outdir", inv, *dev], [inv / "summary.json"], clean=inv)
+                                     "--outdir", inv, *dev], [inv / "summary.json"], clean=inv, reads=[targets])
         info[label] = (slug, rec, space, mdir, classes, inv)
     for label, model, run, kimg in entries:
         slug, rec, space, mdir, classes, inv = info[label]

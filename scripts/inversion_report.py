@@ -80,6 +80,7 @@ def report(targets: Path, runs: dict[str, Path], outdir: Path, device: str = "cp
                              f"{first} run ({len(images[first])}): compare runs of the same images")
     outdir.mkdir(parents=True, exist_ok=True)
     unseen = unseen_measures(targets, runs, device)
+    free = {model: free_parameters(model) for model in {r["model"] for r in info.values()}}  # one load per model
     spaces: dict[str, Any] = {}
     per_image: dict[str, dict[str, torch.Tensor]] = {}
     for space, r in info.items():
@@ -91,7 +92,7 @@ def report(targets: Path, runs: dict[str, Path], outdir: Path, device: str = "cp
             "psnr": torch.tensor([unseen[space]["per_image"][n]["psnr"] for n in names], dtype=torch.float64)}
         spaces[space] = {"model": r["model"], "fingerprint": r["fingerprint"], "run": r["run"], "steps": r["steps"],
                          "world_size": r["world_size"], "images": len(names),
-                         "free_numbers": free_parameters(r["model"])[space],
+                         "free_numbers": free[r["model"]][space],
                          **{m: _quartiles(v) for m, v in per_image[space].items()},
                          "per_image": {n: {m: float(per_image[space][m][i]) for m in MEASURES}
                                        for i, n in enumerate(names)}}

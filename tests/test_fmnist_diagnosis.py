@@ -98,6 +98,12 @@ def test_every_entry_gets_its_measurements_and_reruns_skip(world, monkeypatch):
     log: list[str] = []
     diag.diagnose(_opts(world, out), log=log.append)
     assert sum("skipped" in line for line in log) == 4  # 2 entries x (metrics, invert)
+    # One target fewer: the invert commands are the same, but the exported targets changed, so they re-run.
+    log = []
+    res = diag.diagnose(_opts(world, out, num_invert=1), log=log.append)
+    assert sorted(line.split("]")[0][1:] for line in log if "finished in" in line) == \
+        ["row-spread-0-1-invert", "rows-summed-invert"]
+    assert json.loads((out / "rows-summed" / "invert" / "summary.json").read_text())["inverted"] == 1
 
 
 def test_without_fid(world, tmp_path):
